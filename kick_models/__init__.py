@@ -1,0 +1,30 @@
+"""kick_models: load-time compression of Hugging Face causal LMs for lm-eval.
+
+Public API (imported lazily so that ``import kick_models`` stays cheap):
+
+* :func:`prune` - magnitude / Wanda / SparseGPT on an in-memory model.
+* :func:`quantize` - GPTQ / RTN fake quantization on an in-memory model.
+* lm-eval model classes in :mod:`kick_models.lm` (``kick-pruned``, ``kick-gptq``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "kick_models.api",
+    "quantize": "kick_models.api",
+    "compress": "kick_models.api",
+    "CompressionReport": "kick_models.compress.report",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kick_models' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

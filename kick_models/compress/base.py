@@ -1,0 +1,50 @@
+"""The one protocol every compression algorithm implements.
+
+Pure tensor code, no model or I/O knowledge (IST-DASLab style):
+
+    comp = Algorithm(linear, config)      # one per nn.Linear being compressed
+    for x in batches: comp.add_batch(x)   # x: activations entering the Linear, (..., in_features)
+    stats = comp.compress()               # rewrites linear.weight in place, returns LayerStats
+    comp.free()                           # drop the statistics (H, norms)
+
+Algorithms without calibration (magnitude, RTN) set ``needs_calibration = False``;
+the sequential driver then skips the forward passes for statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerStats:
+    """What compressing one Linear did."""
+
+    name: str = ""
+    numel: int = 0
+    zeros: int = 0                       # exact zeros in the weight after compression
+    seconds: float = 0.0
+    error: float | None = None           # algorithm's own loss (e.g. GPTQ/SparseGPT sum of squared error)
+    bits_per_weight: float | None = None  # quantization only: incl. scale/zero overhead
+    # quantization only: tensors needed to produce a packed checkpoint
+    quant_params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+class LayerCompressor(Protocol):
+    needs_calibration: ClassVar[bool]
+
+    def __init__(self, layer: nn.Linear, config: Any) -> None: ...
+
+    def add_batch(self, inp: torch.Tensor) -> None: ...
+
+    def compress(self) -> LayerStats: ...
+
+    def free(self) -> None: ...

@@ -1,0 +1,62 @@
+"""The ``kick`` command. Each subcommand lives in its own module; this file only dispatches.
+
+    kick eval ...      exactly ``lm_eval``'s flags, with the kick models and tasks loaded
+    kick demo          the README's main job (SmolLM2-135M dense vs Wanda 50%, offline)
+    kick judge ...     judge samples files written by --log_samples / --predict_only
+    kick sweep ...     a compression grid, resumable, one lm-eval results folder per config
+    kick report ...    summary.csv, leaderboard.md and plots over lm-eval results folders
+    kick compare ...   dense-relative retention / flips / McNemar between two runs
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "eval": ("kick_tasks.cli:run_eval", "run lm_eval with the kick models and tasks loaded"),
+    "demo": ("kick_tasks.demo:main", "the README's main job: dense vs Wanda 50% on SmolLM2-135M, offline"),
+    "judge": ("kick_tasks.judge.cli:main", "judge --log_samples files with an LLM judge"),
+    "sweep": ("kick_tasks.sweep:main", "run a compression grid and evaluate every config"),
+    "report": ("kick_tasks.report:main", "summary.csv, leaderboard.md and plots from results folders"),
+    "compare": ("kick_tasks.compare:main", "dense-relative retention, flips and McNemar between two runs"),
+}
+
+
+def run_eval(argv: list[str]) -> int:
+    """``kick eval`` == ``lm_eval`` with the plugin loaded (works even without the .pth hook)."""
+    from kick_models.autoload import ensure_loaded
+
+    ensure_loaded()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: kick <command> [args]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `kick <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"kick: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = SUBCOMMANDS[name]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = func(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
