@@ -1,0 +1,447 @@
+"""``kick compare``: dense-relative scoring of a compressed run against its dense baseline.
+
+    kick compare DENSE_DIR COMPRESSED_DIR [--tasks t1,t2] [--metric acc | --metric task=metric]
+                 [--filter KEY] [--use-intersection] [--resamples 2000] [--seed 0] [--output FILE.json]
+
+Both folders are lm-eval output folders (``--output_path``; any model class, plain ``--model hf``
+too) written WITH ``--log_samples``. Documents are paired by ``doc_id`` + ``doc_hash`` +
+``prompt_hash`` + ``target_hash`` (same document, same prompt, same reference). Per task:
+
+* ``retention``  share of the items the dense model got right that the compressed model still gets right
+* ``gain``       share of the items the dense model got wrong that the compressed model gets right
+  (``lost`` / ``gained`` give the counts of the two kinds of flips)
+* ``agreement``  share of items with identical answers: the normalized ``filtered_resps``
+  (strip, lower-case, collapse white space) for generation, the chosen option for multiple choice
+* ``difference`` compressed minus dense mean score on the paired items, with a seeded percentile
+  bootstrap CI (``--resamples``, 95 %)
+* ``mcnemar_p``  McNemar's exact test on the paired correct/incorrect outcomes (binary metrics only)
+
+Continuous per-item scores (e.g. judge ratings) get the mean paired difference and its CI only.
+Tasks whose per-item values are not scores (perplexities: ``[loglikelihood, length]`` pairs) are
+compared on their aggregate values only.
+
+The metric that decides "correct" per task (:func:`primary_metric`): ``--metric`` if given; else
+the task's entry in :data:`TASK_PRIMARY_METRIC`; else the first of :data:`METRIC_PREFERENCE` the
+samples carry; else the first higher-is-better metric with scalar per-item values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from kick_tasks.results_io import ResultsError, Run, load_samples, load_single_run
+from kick_tasks.stats import bootstrap_mean_ci, mcnemar_exact
+
+#: Per-task primary metric for the kick tasks (override with --metric).
+TASK_PRIMARY_METRIC: dict[str, str] = {
+    "kick_mcr_qa": "acc",
+    "kick_factoid_qa": "exact_match",
+}
+
+#: Generic order of preference when a task has no entry above.
+METRIC_PREFERENCE: tuple[str, ...] = (
+    "acc",
+    "exact_match",
+    "paper_score",
+    "em",
+    "f1",
+    "acc_norm",
+    "contains",
+    "score",
+    "rating",
+    "win_rate",
+)
+
+SIGNIFICANCE_LEVEL = 0.05
+
+
+class CompareError(ValueError):
+    """The two runs cannot be compared as asked (message says why and how to fix it)."""
+
+
+# --------------------------------------------------------------------------- per-item values
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def item_score(sample: dict[str, Any], metric: str) -> float | None:
+    """The per-item value of ``metric`` in one lm-eval sample, or None if it is not a scalar score."""
+    return _as_float(sample.get(metric))
+
+
+def is_scalar_metric(samples: Sequence[dict[str, Any]], metric: str) -> bool:
+    return bool(samples) and all(item_score(s, metric) is not None for s in samples)
+
+
+def is_binary(values: Sequence[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def primary_metric(task: str, samples: Sequence[dict[str, Any]], higher_is_better: dict[str, bool] | None = None,
+                   override: dict[str, str] | None = None) -> str | None:
+    """The metric that decides whether an item is correct (see module docstring for the rule)."""
+    override = override or {}
+    if task in override or "*" in override:
+        metric = override.get(task, override.get("*"))
+        if not samples or metric not in samples[0]:
+            have = samples[0].get("metrics", []) if samples else []
+            raise CompareError(f"task {task}: --metric {metric!r} is not in its samples (metrics logged: {have})")
+        return metric
+    logged = list(samples[0].get("metrics", [])) if samples else []
+    candidates = [TASK_PRIMARY_METRIC[task]] if task in TASK_PRIMARY_METRIC else []
+    candidates += [m for m in METRIC_PREFERENCE if m in logged]
+    candidates += [m for m in logged if (higher_is_better or {}).get(m, True)]
+    for metric in candidates:
+        if is_scalar_metric(samples, metric):
+            return metric
+    return None
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalize_answer(text: Any) -> str:
+    """Normalization used for agreement: string, strip, lower case, collapse white space."""
+    if isinstance(text, list) and len(text) == 1:
+        text = text[0]
+    if not isinstance(text, str):
+        text = json.dumps(text, sort_keys=True)
+    return _WS.sub(" ", text.strip().lower())
+
+
+def _choice_texts(sample: dict[str, Any]) -> list[str]:
+    args = sample.get("arguments") or {}
+    if isinstance(args, dict):
+        ordered = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[-1]))]
+        return [str(a.get("arg_1", "")) if isinstance(a, dict) else "" for a in ordered]
+    return [str(a[1]) if isinstance(a, (list, tuple)) and len(a) > 1 else "" for a in args]
+
+
+def chosen_answer(sample: dict[str, Any], output_type: str | None, metric: str | None = None) -> str:
+    """What the model answered: the chosen option index for multiple choice (by raw log-likelihood,
+    or per-character normalized for ``acc_norm``), the normalized text otherwise."""
+    resps = sample.get("filtered_resps")
+    if output_type == "multiple_choice" and isinstance(resps, list) and resps:
+        lls = []
+        for r in resps:
+            ll = r[0] if isinstance(r, (list, tuple)) else r
+            f = _as_float(ll)
+            if f is None:
+                return normalize_answer(resps)
+            lls.append(f)
+        if metric == "acc_norm":
+            texts = _choice_texts(sample)
+            if len(texts) == len(lls):
+                lls = [ll / max(1, len(t)) for ll, t in zip(lls, texts)]
+        return f"option {max(range(len(lls)), key=lls.__getitem__)}"
+    return normalize_answer(resps)
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def sample_key(sample: dict[str, Any]) -> tuple:
+    return (sample.get("doc_id"), sample.get("doc_hash"), sample.get("prompt_hash"), sample.get("target_hash"))
+
+
+@dataclass
+class Pairing:
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]]
+    n_dense: int
+    n_compressed: int
+    n_same_doc_id: int
+
+    @property
+    def complete(self) -> bool:
+        return len(self.pairs) == self.n_dense == self.n_compressed
+
+
+def pair_samples(dense: Sequence[dict[str, Any]], compressed: Sequence[dict[str, Any]]) -> Pairing:
+    """Pair documents by doc_id + doc/prompt/target hash (dense order kept)."""
+    comp = {sample_key(s): s for s in compressed}
+    pairs = [(d, comp[sample_key(d)]) for d in dense if sample_key(d) in comp]
+    same_id = len({s.get("doc_id") for s in dense} & {s.get("doc_id") for s in compressed})
+    return Pairing(pairs, len(dense), len(compressed), same_id)
+
+
+# --------------------------------------------------------------------------- one task
+
+
+def compare_samples(task: str, dense: Sequence[dict[str, Any]], compressed: Sequence[dict[str, Any]], *,
+                    output_type: str | None = None, metric: str | None = None,
+                    higher_is_better: dict[str, bool] | None = None, use_intersection: bool = False,
+                    n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Paired comparison of one task's samples (the pure core of ``kick compare``)."""
+    pairing = pair_samples(dense, compressed)
+    if not pairing.complete:
+        msg = (
+            f"task {task}: {len(pairing.pairs)} documents match (by doc_id + doc/prompt/target hash) out of "
+            f"{pairing.n_dense} in the dense run and {pairing.n_compressed} in the compressed run "
+            f"({pairing.n_same_doc_id} share a doc_id). The runs differ in --limit, split, few-shot examples, "
+            "chat template or task version."
+        )
+        if not use_intersection or not pairing.pairs:
+            hint = " Pass --use-intersection to compare the matching documents only." if pairing.pairs else ""
+            raise CompareError(msg + hint)
+        warnings.warn(msg + f" Comparing the {len(pairing.pairs)} matching documents (--use-intersection).",
+                      stacklevel=2)
+    d_samples = [d for d, _ in pairing.pairs]
+    metric = metric or primary_metric(task, d_samples, higher_is_better)
+    out: dict[str, Any] = {
+        "task": task,
+        "metric": metric,
+        "n_dense": pairing.n_dense,
+        "n_compressed": pairing.n_compressed,
+        "n_matched": len(pairing.pairs),
+    }
+    agree = [chosen_answer(d, output_type, metric) == chosen_answer(c, output_type, metric) for d, c in pairing.pairs]
+    out["agreement"] = sum(agree) / len(agree)
+    if metric is None:
+        out["kind"] = "aggregate-only"
+        return out
+    dv = [item_score(d, metric) for d, _ in pairing.pairs]
+    cv = [item_score(c, metric) for _, c in pairing.pairs]
+    if any(v is None for v in dv + cv):
+        raise CompareError(f"task {task}: metric {metric!r} is missing or not a number in some samples")
+    diffs = [c - d for d, c in zip(dv, cv)]
+    ci = bootstrap_mean_ci(diffs, n_resamples=n_resamples, level=level, seed=seed)
+    out.update(
+        dense_score=sum(dv) / len(dv),
+        compressed_score=sum(cv) / len(cv),
+        difference=ci.estimate,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        ci_level=level,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    if is_binary(dv + cv):
+        both = sum(1 for d, c in zip(dv, cv) if d == 1 and c == 1)
+        lost = sum(1 for d, c in zip(dv, cv) if d == 1 and c == 0)
+        gained = sum(1 for d, c in zip(dv, cv) if d == 0 and c == 1)
+        dense_right = both + lost
+        dense_wrong = len(dv) - dense_right
+        p = mcnemar_exact(lost, gained)
+        out.update(
+            kind="binary",
+            dense_correct=dense_right,
+            kept=both,
+            lost=lost,
+            gained=gained,
+            retention=both / dense_right if dense_right else None,
+            gain=gained / dense_wrong if dense_wrong else None,
+            mcnemar_p=p,
+            significant=p < SIGNIFICANCE_LEVEL,
+        )
+    else:
+        out.update(kind="continuous", significant=not (ci.low <= 0.0 <= ci.high))
+    return out
+
+
+def compare_aggregate(task: str, dense: Run, compressed: Run) -> dict[str, Any]:
+    """Aggregate-only comparison (perplexity-like tasks): values and compressed/dense ratios."""
+    dvals, cvals = dense.metric_values(task), compressed.metric_values(task)
+    metrics = {}
+    for key, dval in dvals.items():
+        cval = cvals.get(key)
+        d, c = _as_float(dval), _as_float(cval)
+        if d is None or c is None:
+            continue
+        metrics[f"{key[0]},{key[1]}"] = {"dense": d, "compressed": c, "ratio": c / d if d else None}
+    return {"task": task, "kind": "aggregate-only", "metrics": metrics}
+
+
+# --------------------------------------------------------------------------- two runs
+
+
+def parse_metric_overrides(values: Sequence[str] | None) -> dict[str, str]:
+    """``["acc"]`` -> ``{"*": "acc"}``; ``["t1=f1,t2=acc"]`` -> ``{"t1": "f1", "t2": "acc"}``."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                task, metric = part.split("=", 1)
+                out[task.strip()] = metric.strip()
+            else:
+                out["*"] = part
+    return out
+
+
+def _filter_for(run: Run, task: str, metric: str | None, requested: str | None) -> str | None:
+    if requested:
+        return requested
+    filters = [f for (m, f) in run.metric_values(task) if metric is None or m == metric]
+    if not filters:
+        return None
+    return "none" if "none" in filters else filters[0]
+
+
+def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None, *,
+                 metric_overrides: dict[str, str] | None = None, filter_key: str | None = None,
+                 use_intersection: bool = False, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Compare every common task of two runs (or ``tasks``). Raises :class:`CompareError` on bad input."""
+    d_tasks, c_tasks = dense.tasks, compressed.tasks
+    if tasks:
+        missing = [(t, r) for t in tasks for r, ts in (("dense", d_tasks), ("compressed", c_tasks)) if t not in ts]
+        if missing:
+            raise CompareError("; ".join(f"task {t} is not in the {r} run" for t, r in missing)
+                               + f". Dense run has {d_tasks}, compressed run has {c_tasks}.")
+        chosen = list(tasks)
+    else:
+        chosen = [t for t in d_tasks if t in c_tasks]
+        if not chosen:
+            raise CompareError(f"the two runs share no task: dense run has {d_tasks}, compressed run has {c_tasks}")
+        only = sorted(set(d_tasks) ^ set(c_tasks))
+        if only:
+            warnings.warn(f"tasks in only one of the runs are left out: {only}", stacklevel=2)
+    overrides = metric_overrides or {}
+    report: dict[str, Any] = {
+        "dense": {"folder": str(dense.folder), "model": dense.model, "model_args": dense.model_args},
+        "compressed": {"folder": str(compressed.folder), "model": compressed.model,
+                       "model_args": compressed.model_args},
+        "significance_level": SIGNIFICANCE_LEVEL,
+        "tasks": {},
+    }
+    for task in chosen:
+        output_type = dense.output_type(task)
+        has_d, has_c = task in dense.samples_files, task in compressed.samples_files
+        if not (has_d and has_c):
+            which = " and ".join(r.label for r, ok in ((dense, has_d), (compressed, has_c)) if not ok)
+            raise CompareError(
+                f"task {task}: no per-sample log (samples_{task}_*.jsonl) in {which}; "
+                "rerun lm_eval with --log_samples"
+            )
+        if output_type == "loglikelihood_rolling":
+            report["tasks"][task] = compare_aggregate(task, dense, compressed)
+            continue
+        wanted = overrides.get(task, overrides.get("*"))
+        fkey = _filter_for(dense, task, wanted or TASK_PRIMARY_METRIC.get(task), filter_key)
+        d_samples = load_samples(dense.samples_files[task], fkey)
+        c_samples = load_samples(compressed.samples_files[task], fkey)
+        metric = primary_metric(task, d_samples, dense.higher_is_better.get(task), overrides)
+        result = compare_samples(task, d_samples, c_samples, output_type=output_type, metric=metric,
+                                 use_intersection=use_intersection, n_resamples=n_resamples, seed=seed)
+        result["filter"] = fkey or "none"
+        if metric is None:
+            result.update(compare_aggregate(task, dense, compressed))
+        report["tasks"][task] = result
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fmt(value: Any, pct: bool = False, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if pct:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of a :func:`compare_runs` report."""
+    head = ["task", "metric", "n", "dense", "compressed", "diff [95% CI]", "retention", "gain", "agreement",
+            "McNemar p"]
+    rows = []
+    for task, r in report["tasks"].items():
+        if r.get("metric") is None:
+            for key, m in (r.get("metrics") or {}).items():
+                rows.append([task, key, "-", _fmt(m["dense"]), _fmt(m["compressed"]),
+                             f"x{m['ratio']:.3f}" if m.get("ratio") else "-", "-", "-",
+                             _fmt(r.get("agreement"), pct=True), "-"])
+            continue
+        mark = " \u2020" if r.get("significant") else ""
+        rows.append([
+            task, r["metric"], str(r["n_matched"]), _fmt(r["dense_score"]), _fmt(r["compressed_score"]),
+            f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{mark}",
+            _fmt(r.get("retention"), pct=True), _fmt(r.get("gain"), pct=True), _fmt(r.get("agreement"), pct=True),
+            _fmt(r.get("mcnemar_p")),
+        ])
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.append(f"\u2020 significant at {int(report['significance_level'] * 100)}% "
+                 "(McNemar exact for binary metrics, bootstrap CI excluding 0 otherwise)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kick compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dense_dir", help="lm-eval output folder of the dense (reference) run")
+    p.add_argument("compressed_dir", help="lm-eval output folder of the compressed run")
+    p.add_argument("--tasks", help="comma-separated tasks (default: every task both runs have)")
+    p.add_argument("--metric", action="append",
+                   help="metric deciding 'correct': 'acc' for all tasks or 'task=metric[,task=metric]'")
+    p.add_argument("--filter", dest="filter_key", help="lm-eval filter of the samples to use (default: none/first)")
+    p.add_argument("--use-intersection", action="store_true",
+                   help="compare the matching documents when the runs' documents differ (otherwise refuse)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--output", help="write the full comparison as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = _run(args)
+    for w in caught:
+        print(f"kick compare: warning: {w.message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        dense = load_single_run(args.dense_dir)
+        compressed = load_single_run(args.compressed_dir)
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+        report = compare_runs(dense, compressed, tasks, metric_overrides=parse_metric_overrides(args.metric),
+                              filter_key=args.filter_key, use_intersection=args.use_intersection,
+                              n_resamples=args.resamples, seed=args.seed)
+    except (ResultsError, CompareError) as exc:
+        print(f"kick compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
