@@ -24,7 +24,7 @@ import sys
 KICK_MODELS = {
     "kick-pruned": "kick_models.lm:KickPrunedLM",
     "kick-gptq": "kick_models.lm:KickQuantizedLM",
-    "kick-rtn": "kick_models.lm:KickQuantizedLM",
+    "kick-rtn": "kick_models.lm:KickRTNLM",
     "kick-bnb": "kick_models.lm:KickBitsAndBytesLM",
 }
 

@@ -1,0 +1,434 @@
+"""Content-addressed cache of compressed weights (shared by pruning and quantization).
+
+One entry = one compression result, stored as::
+
+    <root>/entries/<key>/weights.safetensors   only the compressed nn.Linear weights
+                                               (+ "quant_params.<linear>.scales|zeros|g_idx")
+    <root>/entries/<key>/entry.json            key parts, report JSON, sha256 of weights.safetensors
+
+``key`` is the sha256 of a canonical JSON of everything that determines the
+compressed weights (see :func:`cache_key_parts`): the model identity (content
+hash of the weight files, or hub id + commit), method and every parameter
+(``config.to_dict()``), the calibration fingerprint (sha256 of the token ids),
+the kick algorithm version, torch/transformers versions, dtype and the compute
+device type.
+
+Model identity of a local folder / GGUF file is the full sha256 of every
+weight file (``*.safetensors``, ``*.bin``, ``*.gguf``, ...) plus ``config.json``.
+Size + mtime alone is too weak (a re-exported fine-tune can keep both), file
+headers alone too (two fine-tunes of one architecture share them), so the full
+hash is computed once and memoised in ``<root>/file_hashes.json`` keyed by
+(real path, size, mtime_ns, inode): a later run re-hashes only changed files.
+
+Writes are atomic (a temp folder renamed into place: a half-written entry is
+never visible). Reads check the stored sha256: a corrupted entry is reported
+with a warning, removed and rebuilt by the caller. An unwritable cache folder
+warns and the run continues uncached.
+
+Location: ``cache_dir`` argument > ``$KICK_CACHE_DIR`` > ``~/.cache/kick``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("lm_eval.kick.cache")  # under "lm_eval" so lm-eval's log handler shows it
+
+#: Bump when the layout of an entry changes (old entries are then simply not found).
+CACHE_FORMAT = 1
+WEIGHTS_FILE = "weights.safetensors"
+ENTRY_FILE = "entry.json"
+QUANT_PREFIX = "quant_params."
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+_HASH_CHUNK = 16 * 1024 * 1024
+
+
+class CacheWarning(UserWarning):
+    """The cache could not be used (unwritable, corrupted entry); the run continues."""
+
+
+def default_cache_dir() -> Path:
+    """``$KICK_CACHE_DIR`` or ``~/.cache/kick``."""
+    env = os.environ.get("KICK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/kick").expanduser()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` argument > ``$KICK_CACHE_DIR`` > ``~/.cache/kick``."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cache_key(parts: dict) -> str:
+    """sha256 hex of the canonical JSON of ``parts``."""
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FileHashMemo:
+    """sha256 of files, memoised by (real path, size, mtime_ns, inode) in a JSON file."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._data: dict[str, dict] = {}
+        self._dirty = False
+        if path is not None and path.is_file():
+            try:
+                self._data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self._data = {}
+
+    def sha256(self, file: str | os.PathLike) -> str:
+        real = os.path.realpath(file)
+        st = os.stat(real)
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        hit = self._data.get(real)
+        if hit and all(hit.get(k) == v for k, v in stamp.items()):
+            return hit["sha256"]
+        t0 = time.perf_counter()
+        digest = sha256_file(real)
+        if st.st_size > 256 * 1024 * 1024:
+            logger.info("hashed %s (%.1f GB) in %.1fs", real, st.st_size / 1e9, time.perf_counter() - t0)
+        self._data[real] = {**stamp, "sha256": digest}
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if not self._dirty or self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.path, json.dumps(self._data, indent=1, sort_keys=True))
+            self._dirty = False
+        except OSError as exc:  # memo is an optimisation only
+            logger.debug("could not write %s: %s", self.path, exc)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+    return sorted(files)
+
+
+def local_identity(folder: str | os.PathLike, gguf_file: str | None, subfolder: str, memo: FileHashMemo) -> dict:
+    """Identity of a model stored on disk: content hashes of its weight files and config."""
+    base = Path(folder).expanduser().resolve()
+    if subfolder:
+        base = base / subfolder
+    if gguf_file:
+        gguf = Path(gguf_file)
+        gguf = gguf if gguf.is_absolute() else base / gguf
+        files = [gguf]
+    else:
+        files = _weight_files(base)
+        if (base / "config.json").is_file():
+            files.append(base / "config.json")
+    if not files:
+        raise FileNotFoundError(f"no weight files found in {base}")
+    return {
+        "kind": "local",
+        "path": str(base),
+        "files": {p.name: memo.sha256(p) for p in files},
+    }
+
+
+def tensors_identity(model: torch.nn.Module) -> dict:
+    """Identity of an in-memory model: sha256 over every parameter and buffer."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"kind": "in-memory", "name_or_path": getattr(model, "name_or_path", ""), "sha256": h.hexdigest()}
+
+
+def model_identity(
+    pretrained: Any,
+    *,
+    model: torch.nn.Module | None = None,
+    revision: str | None = None,
+    gguf_file: str | None = None,
+    subfolder: str = "",
+    commit_hash: str | None = None,
+    memo: FileHashMemo | None = None,
+) -> dict:
+    """What model the compression started from (see module docstring)."""
+    memo = memo or FileHashMemo(None)
+    if not isinstance(pretrained, (str, os.PathLike)):
+        if model is None:
+            model = pretrained
+        return tensors_identity(model)
+    if Path(pretrained).expanduser().exists():
+        return local_identity(pretrained, gguf_file, subfolder, memo)
+    if commit_hash:
+        return {"kind": "hub", "id": str(pretrained), "subfolder": subfolder, "gguf_file": gguf_file, "commit": commit_hash}
+    # Hub id without a resolved commit: hash the model itself (exact, costs one pass over the weights).
+    if model is not None:
+        ident = tensors_identity(model)
+        ident["hub_id"] = str(pretrained)
+        return ident
+    return {"kind": "hub", "id": str(pretrained), "subfolder": subfolder, "gguf_file": gguf_file, "revision": revision}
+
+
+def cache_key_parts(
+    *,
+    identity: dict,
+    config: dict,
+    calibration_fingerprint: str | None,
+    dtype: str,
+    device_type: str,
+    algorithm_version: str,
+    extra: dict | None = None,
+) -> dict:
+    """Everything that determines the compressed weights (the key is the sha256 of this)."""
+    import transformers
+
+    return {
+        "format": CACHE_FORMAT,
+        "model": identity,
+        "compression": config,
+        "calibration_fingerprint": calibration_fingerprint,
+        "dtype": dtype,
+        "device_type": device_type,
+        "kick_algorithm_version": algorithm_version,
+        "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
+        "transformers": transformers.__version__.split(".")[0],
+        **({"extra": extra} if extra else {}),
+    }
+
+
+# ----------------------------------------------------------------------------- report (de)serialisation
+
+
+def report_to_json(report: Any) -> dict:
+    """CompressionReport -> JSON-safe dict (per-layer stats without their tensors)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(report):
+        value = getattr(report, f.name)
+        if f.name == "layers":
+            value = [
+                {lf.name: getattr(layer, lf.name) for lf in dataclasses.fields(layer) if lf.name != "quant_params"}
+                for layer in value
+            ]
+        out[f.name] = value
+    return json.loads(json.dumps(out, default=str))
+
+
+def report_from_json(data: dict, quant_params: dict[str, torch.Tensor] | None = None) -> Any:
+    """Inverse of :func:`report_to_json` (quant params re-attached to their layers)."""
+    from kick_models.compress.base import LayerStats
+    from kick_models.compress.report import CompressionReport
+
+    quant_params = quant_params or {}
+    layer_fields = {f.name for f in dataclasses.fields(LayerStats)}
+    layers = []
+    for item in data.get("layers", []):
+        layer = LayerStats(**{k: v for k, v in item.items() if k in layer_fields and k != "quant_params"})
+        prefix = layer.name + "."
+        qp = {k[len(prefix):]: v for k, v in quant_params.items() if k.startswith(prefix)}
+        if qp:
+            layer.quant_params = qp
+        layers.append(layer)
+    report_fields = {f.name for f in dataclasses.fields(CompressionReport)}
+    kwargs = {k: v for k, v in data.items() if k in report_fields and k != "layers"}
+    return CompressionReport(layers=layers, **kwargs)
+
+
+def report_quant_params(report: Any) -> dict[str, torch.Tensor]:
+    """``"<linear>.<param>" -> tensor`` for every layer that has quantization parameters."""
+    if hasattr(report, "quant_params") and callable(report.quant_params):
+        return dict(report.quant_params())
+    out = {}
+    for layer in report.layers:
+        for k, v in (getattr(layer, "quant_params", None) or {}).items():
+            out[f"{layer.name}.{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:
+    """``"<linear>.weight" -> tensor`` (CPU, contiguous) for every compressed Linear of ``report``."""
+    out = {}
+    for layer in report.layers:
+        module = model.get_submodule(layer.name)
+        out[f"{layer.name}.weight"] = module.weight.detach().to("cpu").contiguous()
+    return out
+
+
+def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
+    """Copy cached ``"<linear>.weight"`` tensors into ``model`` in place; returns how many."""
+    n = 0
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith(QUANT_PREFIX) or not key.endswith(".weight"):
+                continue
+            module = model.get_submodule(key[: -len(".weight")])
+            if tuple(module.weight.shape) != tuple(value.shape):
+                raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(module.weight.shape)}")
+            module.weight.data.copy_(value.to(device=module.weight.device, dtype=module.weight.dtype))
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+class CompressionCache:
+    """Entries under ``root/entries/<key>/``; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self.entries = self.root / "entries"
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike | None = None) -> "CompressionCache | None":
+        """The cache at the resolved location, or None (with a warning) when it cannot be written."""
+        root = resolve_cache_dir(cache_dir)
+        problem = writable_problem(root)
+        if problem:
+            warnings.warn(f"kick cache disabled: {problem}; compressing without a cache", CacheWarning, stacklevel=2)
+            return None
+        return cls(root)
+
+    def file_hash_memo(self) -> FileHashMemo:
+        return FileHashMemo(self.root / "file_hashes.json")
+
+    def entry_dir(self, key: str) -> Path:
+        return self.entries / key
+
+    # -- read -----------------------------------------------------------------
+    def read(self, key: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """``(entry json, tensors)`` of a valid entry, or None (missing or corrupted -> removed)."""
+        from safetensors.torch import load_file
+
+        folder = self.entry_dir(key)
+        meta_path, weights_path = folder / ENTRY_FILE, folder / WEIGHTS_FILE
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
+                raise ValueError("entry metadata does not match its key")
+            digest = sha256_file(weights_path)
+            if digest != meta.get("weights_sha256"):
+                raise ValueError(f"sha256 of {WEIGHTS_FILE} is {digest[:12]}..., entry says {str(meta.get('weights_sha256'))[:12]}...")
+            tensors = load_file(str(weights_path))
+        except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
+            msg = f"kick cache entry {folder} is corrupted ({exc}); removing it and recompressing"
+            warnings.warn(msg, CacheWarning, stacklevel=2)
+            self.remove(key)
+            return None
+        return meta, tensors
+
+    def load_into(self, key: str, model: torch.nn.Module) -> Any | None:
+        """Apply a cached entry to ``model``; returns the CompressionReport or None on a miss."""
+        got = self.read(key)
+        if got is None:
+            return None
+        meta, tensors = got
+        apply_weights(model, tensors)
+        qp = {k[len(QUANT_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUANT_PREFIX)}
+        return report_from_json(meta["report"], qp)
+
+    # -- write ----------------------------------------------------------------
+    def store(self, key: str, model: torch.nn.Module, report: Any, key_parts: dict) -> Path | None:
+        """Write the entry atomically; on any OS error warn and return None (never raises OSError)."""
+        from safetensors.torch import save_file
+
+        final = self.entry_dir(key)
+        tmp: Path | None = None
+        try:
+            self.entries.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.entries, prefix=f".tmp-{key[:12]}-"))
+            tensors = compressed_weights(model, report)
+            tensors.update({QUANT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in report_quant_params(report).items()})
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kick_cache_key": key})
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": key,
+                "key_parts": key_parts,
+                "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "report": report_to_json(report),
+            }
+            (tmp / ENTRY_FILE).write_text(json.dumps(meta, indent=1))
+            try:
+                os.replace(tmp, final)
+                tmp = None
+            except OSError:
+                if not (final / ENTRY_FILE).is_file():
+                    raise
+                # another process renamed a complete entry into place first: keep theirs
+            return final
+        except OSError as exc:
+            msg = f"kick cache: could not write entry to {final} ({exc}); continuing without caching"
+            warnings.warn(msg, CacheWarning, stacklevel=2)
+            return None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove(self, key: str) -> None:
+        folder = self.entry_dir(key)
+        if not folder.exists():
+            return
+        # rename first so that a half-deleted entry is never read
+        trash = folder.with_name(f".trash-{key[:12]}-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.replace(folder, trash)
+        except OSError:
+            trash = folder
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def writable_problem(root: Path) -> str | None:
+    """None when ``root`` can be created and written, else a short description of why not."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as exc:
+        return f"cache folder {root} is not writable ({exc.strerror or exc})"
