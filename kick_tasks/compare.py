@@ -28,6 +28,7 @@ samples carry; else the first higher-is-better metric with scalar per-item value
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -41,10 +42,14 @@ from typing import Any, Sequence
 from kick_tasks.results_io import ResultsError, Run, load_samples, load_single_run
 from kick_tasks.stats import bootstrap_mean_ci, mcnemar_exact
 
-#: Per-task primary metric for the kick tasks (override with --metric).
-TASK_PRIMARY_METRIC: dict[str, str] = {
+#: Per-task primary metric of the kick tasks (fnmatch patterns; override with --metric).
+#: None = no per-item correctness (perplexity): compared on aggregate values only.
+TASK_PRIMARY_METRIC: dict[str, str | None] = {
+    "kick_factoid_qa*": "contains_em",  # the paper's score: a normalized alias contained in the answer
+    "kick_icr_qa*": "contains_em",
     "kick_mcr_qa": "acc",
-    "kick_factoid_qa": "exact_match",
+    "kickmmlu_*": "acc",
+    "kick_wikitext_ppl": None,
 }
 
 #: Generic order of preference when a task has no entry above.
@@ -97,6 +102,14 @@ def is_binary(values: Sequence[float]) -> bool:
     return all(v in (0.0, 1.0) for v in values)
 
 
+def table_metric(task: str) -> str | None:
+    """The :data:`TASK_PRIMARY_METRIC` entry matching ``task`` (None if none or aggregate-only)."""
+    for pattern, metric in TASK_PRIMARY_METRIC.items():
+        if fnmatch.fnmatchcase(task, pattern):
+            return metric
+    return None
+
+
 def primary_metric(task: str, samples: Sequence[dict[str, Any]], higher_is_better: dict[str, bool] | None = None,
                    override: dict[str, str] | None = None) -> str | None:
     """The metric that decides whether an item is correct (see module docstring for the rule)."""
@@ -108,9 +121,16 @@ def primary_metric(task: str, samples: Sequence[dict[str, Any]], higher_is_bette
             raise CompareError(f"task {task}: --metric {metric!r} is not in its samples (metrics logged: {have})")
         return metric
     logged = list(samples[0].get("metrics", [])) if samples else []
-    candidates = [TASK_PRIMARY_METRIC[task]] if task in TASK_PRIMARY_METRIC else []
+    candidates = []
+    for pattern, metric in TASK_PRIMARY_METRIC.items():
+        if fnmatch.fnmatchcase(task, pattern):
+            if metric is None:
+                return None
+            candidates.append(metric)
+            break
     candidates += [m for m in METRIC_PREFERENCE if m in logged]
-    candidates += [m for m in logged if (higher_is_better or {}).get(m, True)]
+    if not any(isinstance(samples[0].get(m), list) for m in logged):  # no perplexity-like metric
+        candidates += [m for m in logged if (higher_is_better or {}).get(m, True)]
     for metric in candidates:
         if is_scalar_metric(samples, metric):
             return metric
@@ -214,11 +234,11 @@ def compare_samples(task: str, dense: Sequence[dict[str, Any]], compressed: Sequ
         "n_compressed": pairing.n_compressed,
         "n_matched": len(pairing.pairs),
     }
-    agree = [chosen_answer(d, output_type, metric) == chosen_answer(c, output_type, metric) for d, c in pairing.pairs]
-    out["agreement"] = sum(agree) / len(agree)
     if metric is None:
         out["kind"] = "aggregate-only"
         return out
+    agree = [chosen_answer(d, output_type, metric) == chosen_answer(c, output_type, metric) for d, c in pairing.pairs]
+    out["agreement"] = sum(agree) / len(agree)
     dv = [item_score(d, metric) for d, _ in pairing.pairs]
     cv = [item_score(c, metric) for _, c in pairing.pairs]
     if any(v is None for v in dv + cv):
@@ -325,6 +345,7 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
         "significance_level": SIGNIFICANCE_LEVEL,
         "tasks": {},
     }
+    paired: dict[str, tuple[list, list, str | None, str | None]] = {}
     for task in chosen:
         output_type = dense.output_type(task)
         has_d, has_c = task in dense.samples_files, task in compressed.samples_files
@@ -334,21 +355,58 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
                 f"task {task}: no per-sample log (samples_{task}_*.jsonl) in {which}; "
                 "rerun lm_eval with --log_samples"
             )
-        if output_type == "loglikelihood_rolling":
+        wanted = overrides.get(task, overrides.get("*"))
+        if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
             report["tasks"][task] = compare_aggregate(task, dense, compressed)
             continue
-        wanted = overrides.get(task, overrides.get("*"))
-        fkey = _filter_for(dense, task, wanted or TASK_PRIMARY_METRIC.get(task), filter_key)
+        fkey = _filter_for(dense, task, wanted or table_metric(task), filter_key)
         d_samples = load_samples(dense.samples_files[task], fkey)
         c_samples = load_samples(compressed.samples_files[task], fkey)
         metric = primary_metric(task, d_samples, dense.higher_is_better.get(task), overrides)
+        if metric is None:
+            report["tasks"][task] = compare_aggregate(task, dense, compressed)
+            continue
         result = compare_samples(task, d_samples, c_samples, output_type=output_type, metric=metric,
                                  use_intersection=use_intersection, n_resamples=n_resamples, seed=seed)
         result["filter"] = fkey or "none"
-        if metric is None:
-            result.update(compare_aggregate(task, dense, compressed))
         report["tasks"][task] = result
+        paired[task] = (d_samples, c_samples, metric, output_type)
+    report["groups"] = _pooled_groups(dense, compressed, paired, use_intersection, n_resamples, seed)
     return report
+
+
+def _aggregate_only(task: str) -> bool:
+    return any(fnmatch.fnmatchcase(task, p) and m is None for p, m in TASK_PRIMARY_METRIC.items())
+
+
+def _pooled_groups(dense: Run, compressed: Run, paired: dict, use_intersection: bool, n_resamples: int,
+                   seed: int) -> dict[str, Any]:
+    """Groups (e.g. kick_mcr_qa = 57 MMLU subjects) pooled over their compared subtasks: the micro
+    average, i.e. lm-eval's size-weighted group score."""
+    out: dict[str, Any] = {}
+    for group, subtasks in dense.group_subtasks.items():
+        if group not in compressed.group_subtasks:
+            continue
+        members = [t for t in subtasks if t in paired]
+        if not members or len(members) < len(subtasks):
+            continue
+        metrics = {paired[t][2] for t in members}
+        types = {paired[t][3] for t in members}
+        if len(metrics) != 1:
+            continue
+        d_all, c_all = [], []
+        for t in members:
+            d_s, c_s = paired[t][0], paired[t][1]
+            d_all += [{**s, "doc_id": f"{t}/{s.get('doc_id')}"} for s in d_s]
+            c_all += [{**s, "doc_id": f"{t}/{s.get('doc_id')}"} for s in c_s]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # each subtask already warned
+            r = compare_samples(group, d_all, c_all, output_type=types.pop() if len(types) == 1 else None,
+                                metric=metrics.pop(), use_intersection=use_intersection,
+                                n_resamples=n_resamples, seed=seed)
+        r["subtasks"] = members
+        out[group] = r
+    return out
 
 
 # --------------------------------------------------------------------------- CLI
@@ -371,7 +429,8 @@ def format_table(report: dict[str, Any]) -> str:
     head = ["task", "metric", "n", "dense", "compressed", "diff [95% CI]", "retention", "gain", "agreement",
             "McNemar p"]
     rows = []
-    for task, r in report["tasks"].items():
+    entries = list(report["tasks"].items()) + [(f"{g} (pooled)", r) for g, r in report.get("groups", {}).items()]
+    for task, r in entries:
         if r.get("metric") is None:
             for key, m in (r.get("metrics") or {}).items():
                 rows.append([task, key, "-", _fmt(m["dense"]), _fmt(m["compressed"]),

@@ -49,6 +49,7 @@ class Run:
     task_configs: dict[str, dict[str, Any]]
     n_samples: dict[str, dict[str, Any]]
     groups: set[str]
+    group_subtasks: dict[str, list[str]] = field(default_factory=dict)
     samples_files: dict[str, Path] = field(default_factory=dict)  # task -> samples jsonl
 
     @property
@@ -193,6 +194,7 @@ def _merge(items: list[tuple[Path, dict[str, Any]]]) -> Run:
                 run.config.setdefault(key, data[key])
         samples = samples_files_for(path)
         run.groups.update((data.get("group_subtasks") or {}).keys())
+        run.group_subtasks.update({g: list(ts) for g, ts in (data.get("group_subtasks") or {}).items() if ts})
         run.groups.update((data.get("groups") or {}).keys())
         for task, entry in data["results"].items():
             run.results[task] = entry
