@@ -1,0 +1,111 @@
+"""The judge: settings + backend + SQLite cache + a thread pool, with a per-request progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from .cache import JudgeCache, cache_key
+from .protocols import JudgeCall
+from .settings import JudgeSettings
+
+log = logging.getLogger(__name__)
+
+
+class Judge:
+    """Sends :class:`JudgeCall` s through the cache to the backend.
+
+    ``stats`` counts backend requests (including retries), cache hits and invalid verdicts.
+    """
+
+    def __init__(self, settings: JudgeSettings, backend=None, cache: JudgeCache | None = None):
+        from .backends import make_backend
+
+        self.settings = settings
+        self.backend = backend if backend is not None else make_backend(settings)
+        self.cache = cache if cache is not None else JudgeCache(settings.cache_path())
+        self.params = {"max_tokens": settings.max_tokens, "temperature": 0.0}
+        self.calls_sent = 0
+        self._lock = threading.Lock()
+
+    def reply(self, call: JudgeCall) -> str | None:
+        key = cache_key(self.settings.identity(), call.protocol, call.messages, self.params)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        text = self.backend.chat(call.messages)
+        with self._lock:
+            self.calls_sent += 1
+        if text is not None:
+            self.cache.put(key, self.settings.identity(), call.protocol, text)
+        return text
+
+    def replies(self, calls: Sequence[JudgeCall], progress: bool = True, desc: str = "judging") -> list[str | None]:
+        """All replies in order; concurrent up to ``settings.concurrency``; tqdm per request."""
+        if not calls:
+            return []
+        from tqdm.auto import tqdm
+
+        results: list[str | None] = [None] * len(calls)
+        bar = tqdm(total=len(calls), desc=f"{desc} ({self.settings.name})", unit="req", disable=not progress)
+        workers = 1 if self.settings.backend == "hf" else self.settings.concurrency
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(self.reply, call): i for i, call in enumerate(calls)}
+                try:
+                    for future in _as_completed(futures):
+                        results[futures[future]] = future.result()
+                        bar.update(1)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            bar.close()
+        return results
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"backend_requests": getattr(self.backend, "requests_made", self.calls_sent),
+                "calls_sent": self.calls_sent, "cache_hits": self.cache.hits}
+
+
+def _as_completed(futures):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def judge_items(judge: Judge, items: Sequence[dict[str, Any]], protocols: Sequence[Sequence[Any]],
+                progress: bool = True, desc: str = "judging") -> list[dict[str, float]]:
+    """Judge every item with its protocols; returns per-item metrics incl. ``judge_invalid_rate``.
+
+    ``protocols[i]`` lists the protocols for ``items[i]`` (those that do not apply are skipped).
+    All calls of all items go through one pool, so an API endpoint is kept busy.
+    """
+    plan: list[tuple[int, Any, slice]] = []
+    calls: list[JudgeCall] = []
+    for index, (item, item_protocols) in enumerate(zip(items, protocols)):
+        for protocol in item_protocols:
+            if protocol.applies(item):
+                new = protocol.calls(item)
+                plan.append((index, protocol, slice(len(calls), len(calls) + len(new))))
+                calls.extend(new)
+    start = time.perf_counter()
+    replies = judge.replies(calls, progress=progress, desc=desc)
+    log.info("judged %d requests in %.1fs (%s)", len(calls), time.perf_counter() - start, judge.stats)
+    metrics: list[dict[str, float]] = [{} for _ in items]
+    invalid = [0] * len(items)
+    total = [0] * len(items)
+    for index, protocol, span in plan:
+        scores, bad = protocol.score(items[index], replies[span])
+        metrics[index].update(scores)
+        invalid[index] += bad
+        total[index] += span.stop - span.start
+    for index in range(len(items)):
+        metrics[index]["judge_invalid_rate"] = invalid[index] / total[index] if total[index] else math.nan
+    return metrics
