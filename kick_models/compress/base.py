@@ -32,6 +32,7 @@ class LayerStats:
     bits_per_weight: float | None = None  # quantization only: incl. scale/zero overhead
     # quantization only: tensors needed to produce a packed checkpoint
     quant_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    block: int | None = None             # index of the decoder block holding this Linear
 
     @property
     def sparsity(self) -> float:

@@ -1,0 +1,147 @@
+"""THE entry point every door uses (lm-eval model classes, Python users, ``kick sweep``, benchmarks).
+
+    from kick_models import prune, quantize
+    report = prune(model, tokenizer, method="wanda", sparsity=0.5)             # C4 calibration
+    report = prune(model, tokenizer, method="sparsegpt", sparsity_type="2:4", calibration=tokens)
+    report = quantize(model, tokenizer, method="gptq", wbits=4, groupsize=128)  # WikiText-2 calibration
+    print(report.summary())
+
+All compression is in place, one decoder layer at a time on ``device`` (default: the model's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from kick_models.compress.base import LayerStats
+from kick_models.compress.calibration import fingerprint, load_calibration, model_max_positions
+from kick_models.compress.config import CalibrationConfig, CompressionConfigError, PruneConfig, QuantConfig
+from kick_models.compress.gptq import GPTQQuantizer
+from kick_models.compress.magnitude import MagnitudePruner
+from kick_models.compress.nm import count_zeros
+from kick_models.compress.report import CompressionReport
+from kick_models.compress.rtn import RTNQuantizer
+from kick_models.compress.sequential import check_nm_widths, compress_layers, find_decoder_layers, linear_modules
+from kick_models.compress.sparsegpt import SparseGPTPruner
+from kick_models.compress.wanda import WandaPruner
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = {
+    "magnitude": MagnitudePruner,
+    "wanda": WandaPruner,
+    "sparsegpt": SparseGPTPruner,
+    "gptq": GPTQQuantizer,
+    "rtn": RTNQuantizer,
+}
+
+__all__ = ["compress", "prune", "quantize", "CompressionReport"]
+
+
+def _check_tokens(tokens: torch.Tensor, max_positions: int | None) -> torch.Tensor:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+        raise CompressionConfigError(
+            f"Invalid calibration tensor: expected integer token ids of shape [nsamples, seqlen], got "
+            f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}.")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise CompressionConfigError(f"Invalid calibration tensor: empty shape {tuple(tokens.shape)}.")
+    if max_positions is not None and tokens.shape[1] > max_positions:
+        raise CompressionConfigError(
+            f"Invalid calibration tensor: seqlen {tokens.shape[1]} exceeds the model's max positions {max_positions}.")
+    return tokens.long()
+
+
+def _measured_only(model: nn.Module) -> list[LayerStats]:
+    """Stats of every decoder Linear without changing anything (sparsity 0)."""
+    path, layers = find_decoder_layers(model)
+    return [LayerStats(name=f"{path}.{i}.{n}", numel=lin.weight.numel(), zeros=count_zeros(lin.weight.data), block=i)
+            for i, layer in enumerate(layers) for n, lin in linear_modules(layer).items()]
+
+
+def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, calibration: torch.Tensor | None = None,
+             device: str | torch.device | None = None, batch_size: int | None = None,
+             progress: bool = True) -> CompressionReport:
+    """Compress ``model`` in place per ``config``; return a :class:`CompressionReport`.
+
+    ``calibration``: explicit token ids ``[nsamples, seqlen]``; else built from ``config.calibration``.
+    ``device``: compute device for one decoder layer at a time (default: the model's device).
+    """
+    if not isinstance(config, (PruneConfig, QuantConfig)):
+        raise TypeError(f"config must be a PruneConfig or QuantConfig, got {type(config).__name__}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise CompressionConfigError(f"Invalid batch_size={batch_size!r}: expected a positive integer or None.")
+    start = time.perf_counter()
+    model.eval()
+    path, layers = find_decoder_layers(model)
+    algorithm = ALGORITHMS[config.method]
+    if isinstance(config, PruneConfig):
+        if config.nm is not None:
+            check_nm_widths(model, layers, path, config.nm[1])
+        if config.sparsity == 0:
+            logger.info("sparsity=0: nothing to prune")
+            return CompressionReport(config.method, config.to_dict(), _measured_only(model), time.perf_counter() - start)
+    tokens = None
+    if config.needs_calibration:
+        max_positions = model_max_positions(model)
+        if calibration is None:
+            tokens = load_calibration(config.calibration, tokenizer, max_positions)
+        else:
+            tokens = _check_tokens(calibration, max_positions)
+    elif calibration is not None:
+        raise CompressionConfigError(f"method={config.method} uses no calibration data; do not pass calibration.")
+    stats = compress_layers(
+        model,
+        lambda linear: algorithm(linear, config),
+        needs_calibration=config.needs_calibration,
+        tokens=tokens,
+        device=device,
+        batch_size=batch_size,
+        true_sequential=getattr(config, "true_sequential", False),
+        progress=progress,
+        desc=config.method,
+    )
+    report = CompressionReport(config.method, config.to_dict(), stats, time.perf_counter() - start,
+                               fingerprint(tokens) if tokens is not None else None)
+    logger.info("%s done in %.1fs: %s", config.method, report.seconds,
+                {k: v for k, v in report.summary().items() if k != "config"})
+    return report
+
+
+def _calibration(calibration: str | torch.Tensor, nsamples: int, seqlen: int, seed: int, max_positions: int | None
+                 ) -> tuple[CalibrationConfig, torch.Tensor | None]:
+    if isinstance(calibration, torch.Tensor):
+        return CalibrationConfig(source="tensor", nsamples=max(1, calibration.shape[0]),
+                                 seqlen=max(1, calibration.shape[-1]), seed=seed), calibration
+    return CalibrationConfig(source=calibration, nsamples=nsamples, seqlen=seqlen, seed=seed), None
+
+
+def prune(model: nn.Module, tokenizer, method: str = "wanda", sparsity: float | None = None,
+          sparsity_type: str = "unstructured", calibration: str | torch.Tensor = "c4", nsamples: int = 128,
+          seqlen: int = 2048, seed: int = 0, use_variant: bool = False, blocksize: int = 128, damp: float = 0.01,
+          device: str | torch.device | None = None, batch_size: int | None = None,
+          progress: bool = True) -> CompressionReport:
+    """Prune ``model`` in place with magnitude, Wanda or SparseGPT (``sparsity`` defaults to 0.5, or N/M)."""
+    calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed, None) if method != "magnitude" else (CalibrationConfig(), None)
+    config = PruneConfig(method=method, sparsity=sparsity, sparsity_type=sparsity_type, use_variant=use_variant,
+                         blocksize=blocksize, damp=damp, calibration=calib_cfg)
+    return compress(model, tokenizer, config, tokens, device, batch_size, progress)
+
+
+def quantize(model: nn.Module, tokenizer, method: str = "gptq", wbits: int = 4, groupsize: int = 128,
+             act_order: bool = False, sym: bool = False, static_groups: bool = False, true_sequential: bool = False,
+             damp: float = 0.01, blocksize: int = 128, calibration: str | torch.Tensor = "wikitext2",
+             nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str | torch.device | None = None,
+             batch_size: int | None = None, progress: bool = True) -> CompressionReport:
+    """Fake-quantize ``model`` in place with GPTQ or RTN."""
+    if method == "rtn":
+        calib_cfg, tokens = CalibrationConfig(source="wikitext2"), None
+    else:
+        calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed, None)
+    config = QuantConfig(method=method, wbits=wbits, groupsize=groupsize, act_order=act_order, sym=sym,
+                         static_groups=static_groups, true_sequential=true_sequential, damp=damp, blocksize=blocksize,
+                         calibration=calib_cfg)
+    return compress(model, tokenizer, config, tokens, device, batch_size, progress)

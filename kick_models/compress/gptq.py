@@ -1,0 +1,133 @@
+"""GPTQ (Frantar et al. 2022), IST-DASLab ``fasterquant``: fake quantization with error feedback."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from kick_models.compress.base import LayerStats
+from kick_models.compress.config import QuantConfig
+from kick_models.compress.hessian import HessianAccumulator, dead_inputs, inverse_cholesky_upper
+from kick_models.compress.nm import count_zeros
+from kick_models.compress.quantizer import bits_per_weight, find_params, maxq_for, quantize
+
+
+def act_order_permutation(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(perm, invperm)``: columns by descending ``diag(H)``; ``W[:, perm][:, invperm] == W``."""
+    perm = torch.argsort(torch.diag(H), descending=True)
+    return perm, torch.argsort(perm)
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 128, sym: bool = False,
+                  act_order: bool = False, static_groups: bool = False, blocksize: int = 128, damp: float = 0.01,
+                  name: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """Quantize-dequantize the float32 matrix ``W`` column by column with error feedback through ``H``.
+
+    Returns ``(Q, {"scales", "zeros", "g_idx"}, loss)``; scales/zeros are ``[n_groups, rows]`` and
+    ``g_idx[j]`` is the group of ORIGINAL input column ``j``. As in the reference, dynamic group
+    parameters are computed from ``W`` at the group's first column (weights updated by earlier
+    blocks, not by earlier columns of the same block); with act-order the groups follow the
+    permuted order; static groups are fixed on the unpermuted ``W`` before anything is quantized.
+    """
+    W = W.clone()
+    H = H.clone()
+    rows, columns = W.shape
+    maxq = maxq_for(bits)
+    scale, zero = find_params(W, bits, sym)  # used as-is when groupsize == -1
+    dead = dead_inputs(H)
+    W[:, dead] = 0
+    static: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if static_groups:
+        static = [find_params(W[:, i:i + groupsize], bits, sym) for i in range(0, columns, groupsize)]
+    perm = invperm = None
+    if act_order:
+        perm, invperm = act_order_permutation(H)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    Hinv = inverse_cholesky_upper(H, damp, name)
+    Q = torch.zeros_like(W)
+    losses = torch.zeros_like(W)
+    dyn_scales: list[torch.Tensor] = []
+    dyn_zeros: list[torch.Tensor] = []
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Losses1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if groupsize != -1:
+                if not static_groups:
+                    if (i1 + i) % groupsize == 0:
+                        scale, zero = find_params(W[:, i1 + i:i1 + i + groupsize], bits, sym)
+                        dyn_scales.append(scale.flatten())
+                        dyn_zeros.append(zero.flatten())
+                else:
+                    idx = i1 + i
+                    if act_order:
+                        idx = int(perm[idx])
+                    scale, zero = static[idx // groupsize]
+            q = quantize(w.unsqueeze(1), scale, zero, maxq).flatten()
+            Q1[:, i] = q
+            Losses1[:, i] = (w - q) ** 2 / d ** 2
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        losses[:, i1:i2] = Losses1 / 2
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    if act_order:
+        Q = Q[:, invperm]
+    position = torch.arange(columns, device=W.device)
+    if groupsize == -1:
+        scales, zeros = scale.reshape(1, -1), zero.reshape(1, -1)
+        g_idx = torch.zeros(columns, dtype=torch.int32, device=W.device)
+    elif static_groups:
+        scales = torch.stack([s.flatten() for s, _ in static])
+        zeros = torch.stack([z.flatten() for _, z in static])
+        g_idx = (position // groupsize).to(torch.int32)
+    else:
+        scales, zeros = torch.stack(dyn_scales), torch.stack(dyn_zeros)
+        g_idx = (position // groupsize).to(torch.int32)
+        if act_order:
+            g_idx = g_idx[invperm]  # original column j sat at permuted position invperm[j]
+    params = {"scales": scales.float().cpu(), "zeros": zeros.float().cpu(), "g_idx": g_idx.cpu()}
+    return Q, params, float(losses.sum().item())
+
+
+class GPTQQuantizer:
+    """One Linear: accumulate H over calibration inputs, then GPTQ fake quantization in place."""
+
+    needs_calibration: ClassVar[bool] = True
+
+    def __init__(self, layer: nn.Linear, config: QuantConfig) -> None:
+        self.layer = layer
+        self.config = config
+        self.name = ""
+        self.hessian = HessianAccumulator(layer.weight.shape[1], layer.weight.device)
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        self.hessian.add_batch(inp)
+
+    @torch.no_grad()
+    def compress(self) -> LayerStats:
+        start = time.perf_counter()
+        c = self.config
+        weight = self.layer.weight
+        Q, params, loss = gptq_quantize(weight.data.float(), self.hessian.H, c.wbits, c.groupsize, c.sym, c.act_order,
+                                        c.static_groups, c.blocksize, c.damp, self.name)
+        weight.data.copy_(Q.to(weight.dtype))
+        rows, columns = weight.shape
+        return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
+                          error=loss, bits_per_weight=bits_per_weight(c.wbits, rows, columns, c.groupsize),
+                          quant_params=params)
+
+    def free(self) -> None:
+        self.hessian.free()

@@ -1,0 +1,60 @@
+"""The running Hessian ``H = (2/N) sum_n X_n^T X_n`` (fp32) shared by SparseGPT and GPTQ, and its inverse factor."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class HessianAccumulator:
+    """Running mean over sequences of ``2 X^T X`` for one Linear's inputs (IST-DASLab ``add_batch``)."""
+
+    def __init__(self, columns: int, device: torch.device) -> None:
+        self.H: torch.Tensor | None = torch.zeros(columns, columns, device=device, dtype=torch.float32)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """``inp``: activations entering the Linear, ``(batch, seq, in)`` or ``(seq, in)``; one sequence per batch row."""
+        count = inp.shape[0] if inp.dim() >= 3 else 1
+        x = inp.reshape(-1, inp.shape[-1]).t().to(device=self.H.device, dtype=torch.float32)
+        self.H *= self.nsamples / (self.nsamples + count)
+        self.nsamples += count
+        x = math.sqrt(2 / self.nsamples) * x
+        self.H += x.matmul(x.t())
+
+    def free(self) -> None:
+        self.H = None
+
+
+def dead_inputs(H: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of inputs never active in calibration (``H_ii == 0``); sets their ``H_ii = 1`` in place."""
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    return dead
+
+
+def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "") -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``.
+
+    If ``H`` is not positive definite at the requested damping (the reference would crash), the
+    damping is multiplied by 10 (up to 4 times) with a warning.
+    """
+    columns = H.shape[0]
+    diag = torch.arange(columns, device=H.device)
+    mean_diag = torch.mean(torch.diag(H))
+    for attempt in range(5):
+        factor = damp * (10 ** attempt)
+        Hd = H.clone()
+        Hd[diag, diag] += factor * mean_diag
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            if attempt:
+                logger.warning("%s: Hessian not positive definite at damp=%g; used damp=%g.", name, damp, factor)
+            Hinv = torch.cholesky_inverse(L)
+            return torch.linalg.cholesky(Hinv, upper=True)
+    raise RuntimeError(f"{name}: the Hessian is not positive definite even with damp={damp * 10 ** 4:g}; "
+                       f"check the calibration data (NaN/inf activations?).")

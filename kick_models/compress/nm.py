@@ -1,0 +1,42 @@
+"""Shared mask helpers: N:M masks and exact-count unstructured masks (pure tensor code)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask (True = prune) with the ``n`` lowest scores in every group of ``m`` consecutive columns of each row.
+
+    ``score.shape[1]`` must be a multiple of ``m`` (checked by the driver before compressing).
+    """
+    rows, cols = score.shape
+    if cols % m:
+        raise ValueError(f"N:M sparsity needs the input width ({cols}) to be a multiple of M={m}")
+    grouped = score.reshape(rows, cols // m, m)
+    idx = torch.topk(grouped, n, dim=-1, largest=False)[1]
+    mask = torch.zeros_like(grouped, dtype=torch.bool)
+    mask.scatter_(-1, idx, True)
+    return mask.reshape(rows, cols)
+
+
+def lowest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (True = prune) of exactly the ``k`` lowest entries of ``score`` (over the whole tensor)."""
+    mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if k > 0:
+        idx = torch.sort(score.flatten(), stable=True)[1][:k]
+        mask[idx] = True
+    return mask.reshape(score.shape)
+
+
+def row_lowest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (True = prune) of exactly the ``k`` lowest entries in EACH row (Wanda's per-output rule)."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k > 0:
+        idx = torch.sort(score, dim=-1, stable=True)[1][:, :k]
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+def count_zeros(weight: torch.Tensor) -> int:
+    return int((weight == 0).sum().item())

@@ -1,0 +1,326 @@
+"""THE layer-wise sequential driver shared by every algorithm.
+
+1. Find the decoder layer list (``model.model.layers`` and other common paths).
+2. Capture, per calibration batch, the hidden states entering layer 0 and the positional and
+   keyword arguments EVERY layer receives (attention mask, position ids, rotary
+   ``position_embeddings``, cache position ...). Each layer's ``forward`` is temporarily replaced
+   by a recorder that returns its input unchanged, and the forward pass stops at the last layer
+   (so ``lm_head`` never runs). Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window
+   layers a different mask (and Gemma 3 different rotary embeddings) than global ones.
+3. For each layer: move it to the compute device, hook every ``nn.Linear`` (forward hooks feed the
+   algorithm's ``add_batch``), run all batches, compress every Linear, free the statistics, re-run
+   the compressed layer to produce the next layer's inputs, move the layer back.
+
+Algorithms without calibration (magnitude, RTN) skip steps 2-3's forward passes entirely.
+``lm_head`` and the embeddings are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kick_models.compress.base import LayerCompressor, LayerStats
+
+logger = logging.getLogger(__name__)
+
+# Where decoder blocks live in common architectures (first match wins).
+LAYER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "model.text_model.layers",
+    "language_model.model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "transformer.blocks",
+    "model.model.layers",
+)
+
+
+class _StopForward(Exception):
+    """Raised by the recorder at the last decoder layer to end the capture pass."""
+
+
+def _get_path(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(path, layers)`` of the model's decoder block list; error naming the model class if none is found."""
+    for path in LAYER_PATHS:
+        layers = _get_path(model, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return path, layers
+    raise ValueError(
+        f"Cannot find the decoder layers of {type(model).__name__}: none of {', '.join(LAYER_PATHS)} is a "
+        f"non-empty nn.ModuleList. Add the path to kick_models.compress.sequential.LAYER_PATHS."
+    )
+
+
+def linear_modules(layer: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` inside a decoder block, by name relative to the block, in definition order."""
+    return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _move_shell(model: nn.Module, layers_path: str, device: torch.device) -> Callable[[], None]:
+    """Move every parameter/buffer outside the decoder layers to ``device``; return a function undoing it."""
+    prefix = layers_path + "."
+    moved: list[tuple[torch.Tensor, torch.device]] = []
+    seen: set[int] = set()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.startswith(prefix) or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if tensor.device != device:
+            moved.append((tensor, tensor.device))
+            tensor.data = tensor.data.to(device)
+
+    def restore() -> None:
+        for tensor, original in moved:
+            tensor.data = tensor.data.to(original)
+
+    return restore
+
+
+def default_batch_size(model: nn.Module, nsamples: int, seqlen: int, device: torch.device) -> int:
+    """As many samples as fit: on CUDA ~30% of free memory for layer activations, on CPU ~8k tokens per batch."""
+    if device.type == "cuda":
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        hidden = getattr(config, "hidden_size", 4096)
+        inter = getattr(config, "intermediate_size", 4 * hidden)
+        heads = getattr(config, "num_attention_heads", 32)
+        per_sample = seqlen * (16 * hidden + 3 * inter) * 4 + heads * seqlen * seqlen * 4
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(nsamples, int(0.3 * free // per_sample)))
+    return max(1, min(nsamples, 8192 // max(seqlen, 1)))
+
+
+# --------------------------------------------------------------------------- capture
+
+_Call = tuple[tuple, dict]  # extra positional args (after hidden states), keyword args
+
+
+def _dedup(value: Any, pool: list[torch.Tensor]) -> Any:
+    """Return an equal tensor already in ``pool`` (sharing memory across batches) or add ``value``."""
+    if isinstance(value, torch.Tensor):
+        for t in pool:
+            if t is value:
+                return t
+        for t in pool:
+            if t.shape == value.shape and t.dtype == value.dtype and t.device == value.device and torch.equal(t, value):
+                return t
+        pool.append(value)
+        return value
+    if isinstance(value, tuple):
+        return tuple(_dedup(v, pool) for v in value)
+    if isinstance(value, list):
+        return [_dedup(v, pool) for v in value]
+    return value
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, batches: Sequence[torch.Tensor],
+                   device: torch.device) -> tuple[list[torch.Tensor], list[list[_Call]]]:
+    """Hidden states entering layer 0 per batch, and ``calls[layer][batch]`` = the other args each layer gets."""
+    hidden_per_batch: list[torch.Tensor] = []
+    calls: list[list[_Call]] = [[] for _ in layers]
+    pool: list[torch.Tensor] = []
+    last = len(layers) - 1
+    saved = [layer.__dict__.get("forward") for layer in layers]
+
+    def recorder(index: int) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            calls[index].append((_dedup(rest, pool), {k: _dedup(v, pool) for k, v in kwargs.items()}))
+            if index == 0:
+                hidden_per_batch.append(hidden.detach())
+            if index == last:
+                raise _StopForward
+            return hidden
+
+        return forward
+
+    restore = _move_shell(model, layers_path, device)
+    try:
+        for index, layer in enumerate(layers):
+            layer.forward = recorder(index)
+        for batch in batches:
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+            else:
+                raise RuntimeError(f"{type(model).__name__}: the forward pass never reached the last decoder layer")
+    finally:
+        for layer, original in zip(layers, saved):
+            if original is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = original
+        restore()
+    for index, per_layer in enumerate(calls):
+        if len(per_layer) != len(batches):
+            raise RuntimeError(f"decoder layer {index} was called {len(per_layer)} times for {len(batches)} batches")
+    return hidden_per_batch, calls
+
+
+# --------------------------------------------------------------------------- per-layer work
+
+
+def _layer_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _run_layer(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call]) -> list[torch.Tensor]:
+    return [_layer_output(layer(x, *rest, **kwargs)) for x, (rest, kwargs) in zip(inps, calls)]
+
+
+def _true_sequential_groups(layer: nn.Module, linears: dict[str, nn.Linear], inp: torch.Tensor, call: _Call) -> list[list[str]]:
+    """Group Linears by execution order and shared input (q,k,v -> o -> gate,up -> down), from one forward pass."""
+    order: list[tuple[str, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: order.append((n, i[0])))
+               for name, m in linears.items()]
+    try:
+        layer(inp, *call[0], **call[1])
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    previous = None
+    for name, x in order:
+        if any(name in g for g in groups):
+            continue
+        if previous is not None and x is previous:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        previous = x
+    missing = [n for n in linears if not any(n in g for g in groups)]
+    if missing:
+        groups.append(missing)
+    return groups
+
+
+def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears: dict[str, nn.Linear],
+             inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str) -> None:
+    """Run all batches through ``layer`` feeding the inputs of the hooked Linears to their compressors."""
+    counts = dict.fromkeys(compressors, 0)
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: tuple, output: Any) -> None:
+            compressors[name].add_batch(args[0].detach())
+            counts[name] += 1
+
+        return fn
+
+    handles = [linears[name].register_forward_hook(hook(name)) for name in compressors]
+    try:
+        _run_layer(layer, inps, calls)
+    finally:
+        for h in handles:
+            h.remove()
+    idle = [f"{prefix}.{n}" for n, c in counts.items() if c == 0]
+    if idle:
+        raise RuntimeError(f"Linear(s) {', '.join(idle)} received no calibration inputs in the layer's forward pass; "
+                           f"they cannot be compressed with a calibration-based method.")
+
+
+def check_nm_widths(model: nn.Module, layers: nn.ModuleList, layers_path: str, m: int) -> None:
+    """Every compressed Linear needs an input width divisible by M for N:M sparsity (checked before any work)."""
+    for index, layer in enumerate(layers):
+        for name, lin in linear_modules(layer).items():
+            if lin.in_features % m:
+                raise ValueError(f"N:M sparsity with M={m} needs input widths divisible by {m}, but "
+                                 f"{layers_path}.{index}.{name} has in_features={lin.in_features}.")
+
+
+@torch.no_grad()
+def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], LayerCompressor], needs_calibration: bool,
+                    tokens: torch.Tensor | None = None, device: torch.device | None = None, batch_size: int | None = None,
+                    true_sequential: bool = False, progress: bool = True, desc: str = "compress") -> list[LayerStats]:
+    """Compress every Linear of every decoder block, layer by layer; return one LayerStats per Linear."""
+    layers_path, layers = find_decoder_layers(model)
+    device = torch.device(device) if device is not None else _module_device(model)
+    was_training = model.training
+    model.eval()
+    stats: list[LayerStats] = []
+    inps: list[torch.Tensor] = []
+    calls: list[list[_Call]] = []
+    if needs_calibration:
+        if tokens is None:
+            raise ValueError("this method needs calibration tokens")
+        if batch_size is None:
+            batch_size = default_batch_size(model, tokens.shape[0], tokens.shape[1], device)
+        batches = list(torch.split(tokens, batch_size))
+        start = time.perf_counter()
+        inps, calls = capture_inputs(model, layers, layers_path, batches, device)
+        logger.info("Captured layer inputs for %d samples in %d batch(es) of <= %d in %.2fs",
+                    tokens.shape[0], len(batches), batch_size, time.perf_counter() - start)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
+    try:
+        for index, layer in bar:
+            start = time.perf_counter()
+            prefix = f"{layers_path}.{index}"
+            home = _module_device(layer)
+            layer.to(device)
+            linears = linear_modules(layer)
+            if needs_calibration and true_sequential:
+                groups = _true_sequential_groups(layer, linears, inps[0], calls[index][0])
+            else:
+                groups = [list(linears)]
+            for group in groups:
+                compressors = {name: make_compressor(linears[name]) for name in group}
+                for name, comp in compressors.items():
+                    if hasattr(comp, "name"):
+                        comp.name = f"{prefix}.{name}"
+                if needs_calibration:
+                    _collect(layer, compressors, linears, inps, calls[index], prefix)
+                for name, comp in compressors.items():
+                    s = comp.compress()
+                    s.name, s.block = f"{prefix}.{name}", index
+                    stats.append(s)
+                    comp.free()
+                del compressors
+            if needs_calibration and index + 1 < len(layers):
+                inps = _run_layer(layer, inps, calls[index])
+            calls_done = calls[index] if calls else None
+            if calls:
+                calls[index] = []  # free this layer's masks/embeddings
+            del calls_done
+            layer.to(home)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            logger.info("%s: compressed %d Linear(s) in %.2fs", prefix, len(linears), time.perf_counter() - start)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return stats
