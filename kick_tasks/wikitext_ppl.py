@@ -1,0 +1,216 @@
+"""WikiText-2 test perplexity in the SparseGPT / Wanda convention, inside lm-eval.
+
+The convention (SparseGPT ``datautils.get_wikitext2`` + ``llama_eval``)::
+
+    text    = "\\n\\n".join(wikitext-2-raw-v1 test rows)     # tokenized ONCE
+    windows = tokens[i*L:(i+1)*L] for i < ntokens // L        # non-overlapping, tail dropped
+    ppl     = exp(mean NLL of every token of every window but its first)
+
+lm-eval's ``loglikelihood_rolling`` re-tokenizes each document and slides its
+own windows, so it cannot reproduce that. Here the windows are cut with the
+model's own tokenizer when the data set is built (:func:`build_windows`): one
+doc per window, a ``loglikelihood`` request whose context is the window's
+first token(s) and whose continuation is the rest, both as decoded text. HFLM
+encodes ``context + continuation`` as one string and splits it after the
+context tokens, so when the decoded window re-tokenizes to the same ids
+(reported per run as ``tokenization_exact``) the model sees exactly the
+SparseGPT window and scores exactly the SparseGPT tokens. ``token_perplexity``
+is ``exp(-sum loglik / sum scored tokens)`` over windows.
+
+The tokenizer is loaded from the task metadata, which the ``lm_eval`` CLI and
+``simple_evaluate`` fill with the ``--model_args`` (``pretrained``,
+``tokenizer``, ``gguf_file``, ``revision``, ``trust_remote_code``,
+``add_bos_token``, ``max_length``). Window length: metadata ``seqlen``
+(default 2048), capped at the model's maximum length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from kick_tasks.data import DataSchemaError, resolve
+
+log = logging.getLogger(__name__)
+
+HF_DATASET = "Salesforce/wikitext"
+HF_CONFIG = "wikitext-2-raw-v1"
+DEFAULT_SEQLEN = 2048
+JOIN = "\n\n"
+
+
+# ------------------------------------------------------------------ text
+
+
+def read_raw(path: Path) -> list[str]:
+    """``wiki.test.raw`` -> rows as in the Hub dataset (each line with its newline; blank lines as "")."""
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataSchemaError(f"{path}: the file is empty")
+    return [line if line.strip() else "" for line in text.splitlines(keepends=True)]
+
+
+def download_rows() -> list[str]:
+    import datasets
+
+    return list(datasets.load_dataset(HF_DATASET, HF_CONFIG, split="test")["text"])
+
+
+def load_rows(metadata: dict[str, Any] | None = None) -> list[str]:
+    """WikiText-2 raw test rows: local ``wikitext2/wiki.test.raw``, else the Hub, else DataNotFoundError."""
+    return resolve(
+        name="WikiText-2 (raw) test",
+        relative="wikitext2/wiki.test.raw",
+        load_local=read_raw,
+        load_online=download_rows,
+        online_description=f"Hugging Face dataset {HF_DATASET} (config {HF_CONFIG}, split test)",
+        metadata=metadata,
+    )
+
+
+def join_rows(rows: list[str]) -> str:
+    return JOIN.join(rows)
+
+
+# ------------------------------------------------------------------ tokenizer from the model args
+
+
+def _as_bool(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def tokenizer_from_metadata(metadata: dict[str, Any]):
+    """The tokenizer HFLM would build from the same ``--model_args`` (mirrors ``HFLM._create_tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    source = metadata.get("tokenizer") or metadata.get("pretrained")
+    if not isinstance(source, str) or not source:
+        raise ValueError(
+            "kick_wikitext_ppl cuts token windows with the model's tokenizer, but the task metadata names no "
+            "model. Run it through the lm_eval CLI or simple_evaluate(model_args=...) (model args are passed on "
+            "automatically), or pass metadata={'pretrained': <model or tokenizer path>} to the TaskManager."
+        )
+    kwargs: dict[str, Any] = {
+        "revision": str(metadata.get("revision") or "main"),
+        "trust_remote_code": bool(_as_bool(metadata.get("trust_remote_code"))),
+    }
+    if not metadata.get("tokenizer") and metadata.get("gguf_file"):
+        kwargs["gguf_file"] = metadata["gguf_file"]
+    else:
+        use_fast = _as_bool(metadata.get("use_fast_tokenizer"))
+        kwargs["use_fast"] = True if use_fast is None else use_fast
+    if _as_bool(metadata.get("add_bos_token")) is not None:
+        kwargs["add_bos_token"] = _as_bool(metadata["add_bos_token"])
+    if metadata.get("subfolder"):
+        kwargs["subfolder"] = metadata["subfolder"]
+    return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def model_max_length(metadata: dict[str, Any], tokenizer) -> int:
+    """HFLM's ``max_length``: the ``max_length`` model arg, else the model config, else 2048."""
+    if metadata.get("max_length"):
+        return int(metadata["max_length"])
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig
+
+    config = None
+    source = metadata.get("pretrained")
+    if isinstance(source, str):
+        kwargs: dict[str, Any] = {"revision": str(metadata.get("revision") or "main"),
+                                  "trust_remote_code": bool(_as_bool(metadata.get("trust_remote_code")))}
+        if metadata.get("gguf_file"):
+            kwargs["gguf_file"] = metadata["gguf_file"]
+        try:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+        except Exception as exc:  # e.g. a tokenizer-only folder: fall back like HFLM does
+            log.warning("kick_wikitext_ppl: could not read the model config of %s (%s)", source, exc)
+    return int(resolve_max_length(config, tokenizer, default=DEFAULT_SEQLEN))
+
+
+# ------------------------------------------------------------------ windows
+
+
+def encoder(tokenizer, add_bos_token: bool | None = None):
+    """``str -> ids`` exactly as ``HFLM.tok_encode`` calls the tokenizer."""
+    kwargs = {} if add_bos_token is None else {"add_special_tokens": add_bos_token}
+    return lambda text: tokenizer.encode(text, **kwargs)
+
+
+def build_windows(text: str, tokenizer, seqlen: int, add_bos_token: bool | None = None) -> list[dict[str, Any]]:
+    """Cut ``text`` into SparseGPT windows; one doc per window.
+
+    The context is the window's first token, extended (rarely) until its text
+    does not end in whitespace, because HFLM moves trailing context whitespace
+    into the continuation. ``n_tokens`` is the number of tokens HFLM will score
+    for the doc, computed with HFLM's own split rule.
+    """
+    if seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2, got {seqlen}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n_windows = len(ids) // seqlen
+    if n_windows == 0:
+        raise DataSchemaError(f"the text has {len(ids)} tokens, fewer than one window of {seqlen}")
+    encode = encoder(tokenizer, add_bos_token)
+
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    prefix = encode("")  # what the tokenizer puts in front of every encoded string (e.g. BOS)
+    docs = []
+    for i in range(n_windows):
+        window = ids[i * seqlen:(i + 1) * seqlen]
+        k = 1
+        while k < seqlen - 1 and (not decode(window[:k]).strip() or decode(window[:k])[-1].isspace()):
+            k += 1
+        context, continuation = decode(window[:k]), decode(window[k:])
+        whole_enc, context_enc = encode(context + continuation), encode(context)
+        docs.append({
+            "window": i,
+            "context_tokens": k,
+            "context": context,
+            "continuation": continuation,
+            "n_tokens": len(whole_enc) - len(context_enc),
+            "tokenization_exact": whole_enc == prefix + window and context_enc == prefix + window[:k],
+        })
+    return docs
+
+
+def load(**metadata: Any):
+    """lm-eval ``custom_dataset`` entry point: ``{"test": one doc per window}``."""
+    import datasets
+
+    rows = load_rows(metadata)
+    start = time.perf_counter()
+    tokenizer = tokenizer_from_metadata(metadata)
+    max_length = model_max_length(metadata, tokenizer)
+    seqlen = min(int(metadata.get("seqlen") or DEFAULT_SEQLEN), max_length)
+    docs = build_windows(join_rows(rows), tokenizer, seqlen, _as_bool(metadata.get("add_bos_token")))
+    exact = sum(d["tokenization_exact"] for d in docs)
+    log.info(
+        "kick_wikitext_ppl: %d windows of %d tokens (%d re-tokenize exactly) in %.1fs",
+        len(docs), seqlen, exact, time.perf_counter() - start,
+    )
+    for doc in docs:
+        doc["seqlen"] = seqlen
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def doc_to_text(doc: dict[str, Any]) -> str:
+    return doc["context"]
+
+
+def doc_to_target(doc: dict[str, Any]) -> str:
+    return doc["continuation"]
+
+
+def process_results(doc: dict[str, Any], results: list) -> dict[str, Any]:
+    """``results[0]`` is ``(loglikelihood, is_greedy)`` of the continuation."""
+    loglikelihood = results[0][0]
+    return {
+        "token_perplexity": (loglikelihood, doc["n_tokens"]),
+        "tokenization_exact": float(doc["tokenization_exact"]),
+    }
