@@ -321,8 +321,10 @@ def _filter_for(run: Run, task: str, metric: str | None, requested: str | None) 
 
 def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None, *,
                  metric_overrides: dict[str, str] | None = None, filter_key: str | None = None,
-                 use_intersection: bool = False, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Compare every common task of two runs (or ``tasks``). Raises :class:`CompareError` on bad input."""
+                 use_intersection: bool = False, n_resamples: int = 2000, seed: int = 0,
+                 skip_errors: bool = False) -> dict[str, Any]:
+    """Compare every common task of two runs (or ``tasks``). Raises :class:`CompareError` on bad input;
+    with ``skip_errors`` a task that cannot be compared is recorded in ``report["errors"]`` instead."""
     d_tasks, c_tasks = dense.tasks, compressed.tasks
     if tasks:
         missing = [(t, r) for t in tasks for r, ts in (("dense", d_tasks), ("compressed", c_tasks)) if t not in ts]
@@ -344,35 +346,47 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
                        "model_args": compressed.model_args},
         "significance_level": SIGNIFICANCE_LEVEL,
         "tasks": {},
+        "errors": {},
     }
     paired: dict[str, tuple[list, list, str | None, str | None]] = {}
     for task in chosen:
-        output_type = dense.output_type(task)
-        has_d, has_c = task in dense.samples_files, task in compressed.samples_files
-        if not (has_d and has_c):
-            which = " and ".join(r.label for r, ok in ((dense, has_d), (compressed, has_c)) if not ok)
-            raise CompareError(
-                f"task {task}: no per-sample log (samples_{task}_*.jsonl) in {which}; "
-                "rerun lm_eval with --log_samples"
-            )
-        wanted = overrides.get(task, overrides.get("*"))
-        if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
-            report["tasks"][task] = compare_aggregate(task, dense, compressed)
-            continue
-        fkey = _filter_for(dense, task, wanted or table_metric(task), filter_key)
-        d_samples = load_samples(dense.samples_files[task], fkey)
-        c_samples = load_samples(compressed.samples_files[task], fkey)
-        metric = primary_metric(task, d_samples, dense.higher_is_better.get(task), overrides)
-        if metric is None:
-            report["tasks"][task] = compare_aggregate(task, dense, compressed)
-            continue
-        result = compare_samples(task, d_samples, c_samples, output_type=output_type, metric=metric,
-                                 use_intersection=use_intersection, n_resamples=n_resamples, seed=seed)
-        result["filter"] = fkey or "none"
-        report["tasks"][task] = result
-        paired[task] = (d_samples, c_samples, metric, output_type)
+        try:
+            _compare_task(task, dense, compressed, overrides, filter_key, use_intersection, n_resamples, seed,
+                          report, paired)
+        except (CompareError, ResultsError) as exc:
+            if not skip_errors:
+                raise
+            report["errors"][task] = str(exc)
     report["groups"] = _pooled_groups(dense, compressed, paired, use_intersection, n_resamples, seed)
     return report
+
+
+def _compare_task(task: str, dense: Run, compressed: Run, overrides: dict[str, str], filter_key: str | None,
+                  use_intersection: bool, n_resamples: int, seed: int, report: dict, paired: dict) -> None:
+    output_type = dense.output_type(task)
+    has_d, has_c = task in dense.samples_files, task in compressed.samples_files
+    if not (has_d and has_c):
+        which = " and ".join(r.label for r, ok in ((dense, has_d), (compressed, has_c)) if not ok)
+        raise CompareError(
+            f"task {task}: no per-sample log (samples_{task}_*.jsonl) in {which}; "
+            "rerun lm_eval with --log_samples"
+        )
+    wanted = overrides.get(task, overrides.get("*"))
+    if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
+        report["tasks"][task] = compare_aggregate(task, dense, compressed)
+        return
+    fkey = _filter_for(dense, task, wanted or table_metric(task), filter_key)
+    d_samples = load_samples(dense.samples_files[task], fkey)
+    c_samples = load_samples(compressed.samples_files[task], fkey)
+    metric = primary_metric(task, d_samples, dense.higher_is_better.get(task), overrides)
+    if metric is None:
+        report["tasks"][task] = compare_aggregate(task, dense, compressed)
+        return
+    result = compare_samples(task, d_samples, c_samples, output_type=output_type, metric=metric,
+                             use_intersection=use_intersection, n_resamples=n_resamples, seed=seed)
+    result["filter"] = fkey or "none"
+    report["tasks"][task] = result
+    paired[task] = (d_samples, c_samples, metric, output_type)
 
 
 def _aggregate_only(task: str) -> bool:
