@@ -247,6 +247,12 @@ class _KickCompressedLM(HFLM):
         rank, world = distributed.world()
         record = self._kick_record
         record.update(compressed_in_this_process=False, compress_device=str(self._kick_device(model)))
+        if world > 1:
+            record["processes"] = {
+                "rank": rank,
+                "world_size": world,
+                "coordination": "torch.distributed + file lock" if distributed.has_process_group() else "file lock",
+            }
         t0 = time.perf_counter()
 
         if self._kick_is_noop():
