@@ -14,6 +14,7 @@ question (deduplicated, first-seen order). The LLM-KICK code used only
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,15 @@ def read_json_file(path: Path) -> list[dict[str, Any]]:
 
 
 def download(split: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Fetch ``FreebaseQA-<split>.json`` from the FreebaseQA GitHub repository."""
+    """Fetch ``FreebaseQA-<split>.json`` from the FreebaseQA GitHub repository.
+
+    Honours the Hugging Face offline switches (``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE``):
+    a user who asked for offline data loading gets no download here either.
+    """
     url = ONLINE_URL.format(split=split)
+    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            raise ConnectionError(f"offline mode ({flag}={os.environ[flag]}); not downloading {url}")
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
         payload = json.loads(response.read().decode("utf-8"))
     return parse_questions(payload, url)
