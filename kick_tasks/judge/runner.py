@@ -81,11 +81,13 @@ def _as_completed(futures):
 
 
 def judge_items(judge: Judge, items: Sequence[dict[str, Any]], protocols: Sequence[Sequence[Any]],
-                progress: bool = True, desc: str = "judging") -> list[dict[str, float]]:
+                progress: bool = True, desc: str = "judging",
+                replies_out: list[list[str | None]] | None = None) -> list[dict[str, float]]:
     """Judge every item with its protocols; returns per-item metrics incl. ``judge_invalid_rate``.
 
     ``protocols[i]`` lists the protocols for ``items[i]`` (those that do not apply are skipped).
-    All calls of all items go through one pool, so an API endpoint is kept busy.
+    All calls of all items go through one pool, so an API endpoint is kept busy. When
+    ``replies_out`` is a list, it receives each item's raw judge replies (for audit files).
     """
     plan: list[tuple[int, Any, slice]] = []
     calls: list[JudgeCall] = []
@@ -106,6 +108,10 @@ def judge_items(judge: Judge, items: Sequence[dict[str, Any]], protocols: Sequen
         metrics[index].update(scores)
         invalid[index] += bad
         total[index] += span.stop - span.start
+    if replies_out is not None:
+        replies_out.extend([] for _ in items)
+        for index, _, span in plan:
+            replies_out[index].extend(replies[span])
     for index in range(len(items)):
         metrics[index]["judge_invalid_rate"] = invalid[index] / total[index] if total[index] else math.nan
     return metrics
