@@ -162,6 +162,21 @@ def _disambiguate(entries: Sequence[Entry]) -> None:
                 e.label = f"{e.label} [{suffix(e)}]"
 
 
+def _sweep_root(folder: Path) -> Path | None:
+    for parent in folder.parents:
+        if (parent / "sweep.json").is_file():
+            return parent
+    return None
+
+
+def _baseline_rank(e: Entry, d: Entry) -> tuple:
+    """Lower is better: same sweep, same per-task document counts, more tasks in common."""
+    same_sweep = _sweep_root(e.run.folder) is not None and _sweep_root(e.run.folder) == _sweep_root(d.run.folder)
+    common = [t for t in e.run.tasks if t in d.run.tasks]
+    same_docs = all(e.run.n_samples.get(t) == d.run.n_samples.get(t) for t in common)
+    return (not same_sweep, not same_docs, -len(common), d.run.model != "hf")
+
+
 def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) -> list[Entry]:
     """Load every run under ``dirs``, find each one's dense baseline and compute the paired stats."""
     runs = load_runs(dirs)
@@ -181,12 +196,12 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
             continue
         dense.sort(key=lambda e: (e.run.model != "hf", -len(e.run.samples_files)))
         if len(dense) > 1:
-            warnings.warn(f"{len(dense)} dense runs of {base[0]}; using {dense[0].run.folder} as the baseline",
-                          stacklevel=2)
-        ref = dense[0]
+            warnings.warn(f"{len(dense)} dense runs of {base[0]}; each config is scored against the one in the same "
+                          "sweep folder, else the one evaluated on the same documents", stacklevel=2)
         for e in group:
-            if e is ref:
+            if e.is_dense:
                 continue
+            ref = min(dense, key=lambda d: _baseline_rank(e, d))
             e.dense = ref
             common = [t for t in ref.run.tasks if t in e.run.tasks and t in ref.run.samples_files
                       and t in e.run.samples_files]
@@ -231,6 +246,7 @@ def summary_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
                     continue
                 hib = e.run.higher_is_better.get(task, {}).get(metric, not is_perplexity(metric))
                 dv = _num(e.dense.run.results.get(task, {}).get(f"{metric},{filt}")) if e.dense else None
+                dv = v if e.is_dense else dv
                 stderr = _num(entry.get(f"{metric}_stderr,{filt}"))
                 row = {
                     "config": e.label, "model": e.run.pretrained, "model_class": e.run.model,
