@@ -111,8 +111,14 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     return report
 
 
-def _calibration(calibration: str | torch.Tensor, nsamples: int, seqlen: int, seed: int, max_positions: int | None
+def _no_calibration(method: str, calibration: str | torch.Tensor | None) -> None:
+    if isinstance(calibration, torch.Tensor):
+        raise CompressionConfigError(f"method={method} uses no calibration data; do not pass calibration tokens.")
+
+
+def _calibration(calibration: str | torch.Tensor, nsamples: int, seqlen: int, seed: int
                  ) -> tuple[CalibrationConfig, torch.Tensor | None]:
+    """The calibration config (``source="tensor"`` for explicit token ids) and the explicit tokens, if any."""
     if isinstance(calibration, torch.Tensor):
         return CalibrationConfig(source="tensor", nsamples=max(1, calibration.shape[0]),
                                  seqlen=max(1, calibration.shape[-1]), seed=seed), calibration
@@ -125,7 +131,11 @@ def prune(model: nn.Module, tokenizer, method: str = "wanda", sparsity: float | 
           device: str | torch.device | None = None, batch_size: int | None = None,
           progress: bool = True) -> CompressionReport:
     """Prune ``model`` in place with magnitude, Wanda or SparseGPT (``sparsity`` defaults to 0.5, or N/M)."""
-    calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed, None) if method != "magnitude" else (CalibrationConfig(), None)
+    if method == "magnitude":
+        _no_calibration(method, calibration)
+        calib_cfg, tokens = CalibrationConfig(), None
+    else:
+        calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed)
     config = PruneConfig(method=method, sparsity=sparsity, sparsity_type=sparsity_type, use_variant=use_variant,
                          blocksize=blocksize, damp=damp, calibration=calib_cfg)
     return compress(model, tokenizer, config, tokens, device, batch_size, progress)
@@ -138,9 +148,10 @@ def quantize(model: nn.Module, tokenizer, method: str = "gptq", wbits: int = 4, 
              batch_size: int | None = None, progress: bool = True) -> CompressionReport:
     """Fake-quantize ``model`` in place with GPTQ or RTN."""
     if method == "rtn":
+        _no_calibration(method, calibration)
         calib_cfg, tokens = CalibrationConfig(source="wikitext2"), None
     else:
-        calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed, None)
+        calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed)
     config = QuantConfig(method=method, wbits=wbits, groupsize=groupsize, act_order=act_order, sym=sym,
                          static_groups=static_groups, true_sequential=true_sequential, damp=damp, blocksize=blocksize,
                          calibration=calib_cfg)

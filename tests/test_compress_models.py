@@ -222,6 +222,10 @@ def test_api_errors(tok):
         prune(model, tok, method="wanda", calibration=calib(tok, n=1, seqlen=600), progress=False)
     with pytest.raises(CompressionConfigError, match="integer token ids"):
         prune(model, tok, method="wanda", calibration=torch.rand(2, 8), progress=False)
+    with pytest.raises(CompressionConfigError, match="uses no calibration"):
+        quantize(model, tok, method="rtn", calibration=calib(tok), progress=False)
+    with pytest.raises(CompressionConfigError, match="uses no calibration"):
+        prune(model, tok, method="magnitude", calibration=calib(tok), progress=False)
     with pytest.raises(CompressionConfigError, match="batch_size"):
         compress(model, tok, PruneConfig("wanda"), calib(tok), batch_size=0)
 
