@@ -278,3 +278,24 @@ def test_runs_with_different_model_args_in_one_folder_stay_separate(tmp_path):
     assert merged.tasks == ["qa", "qa2"] and set(merged.samples_files) == {"qa", "qa2"}
     with pytest.raises(ValueError, match="2 different runs"):
         load_single_run(tmp_path)
+
+
+def test_group_rows_pool_their_subtasks(tmp_path):
+    """kick_mcr_qa-style groups: a pooled row over all subtasks (= size-weighted group score)."""
+    d1 = [mc_sample(i, [-1.0, -2.0], 0) for i in range(6)]                     # all right
+    c1 = [mc_sample(i, [-1.0, -2.0] if i < 3 else [-2.0, -1.0], 0) for i in range(6)]  # 3 lost
+    d2 = [mc_sample(i, [-2.0, -1.0], 0) for i in range(4)]                     # all wrong
+    c2 = [mc_sample(i, [-1.0, -2.0] if i == 0 else [-2.0, -1.0], 0) for i in range(4)]  # 1 gained
+    for name, a, b in (("d", d1, d2), ("c", c1, c2)):
+        path = write_run(tmp_path / name, {"sub_a": a, "sub_b": b},
+                         output_types={"sub_a": "multiple_choice", "sub_b": "multiple_choice"})
+        data = json.loads(path.read_text())
+        data["group_subtasks"] = {"grp": ["sub_a", "sub_b"]}
+        data["results"]["grp"] = {"alias": "grp", "acc,none": 0.0}
+        path.write_text(json.dumps(data))
+    report = cmp.compare_runs(load_single_run(tmp_path / "d"), load_single_run(tmp_path / "c"), n_resamples=200)
+    assert set(report["tasks"]) == {"sub_a", "sub_b"}  # the group itself has no samples
+    g = report["groups"]["grp"]
+    assert g["n_matched"] == 10 and (g["kept"], g["lost"], g["gained"]) == (3, 3, 1)
+    assert g["retention"] == pytest.approx(0.5) and g["subtasks"] == ["sub_a", "sub_b"]
+    assert g["dense_score"] == pytest.approx(0.6) and g["compressed_score"] == pytest.approx(0.4)
