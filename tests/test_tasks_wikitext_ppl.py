@@ -63,13 +63,20 @@ def _direct_perplexity(model, tok, seqlen, contexts):
 def test_lm_eval_token_perplexity_equals_direct_computation(tiny):
     import lm_eval
 
+    import kick_tasks
+
     path, model, tok = tiny
+    # With an explicit TaskManager the model args are not copied into the task metadata:
+    # name the tokenizer source there (the CLI does this by itself, see test_tasks_e2e).
+    tm = kick_tasks.task_manager(
+        include_defaults=False, metadata={"data_dir": str(FIXTURES), "seqlen": 64, "pretrained": str(path)}
+    )
     out = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={path},dtype=float32",
         tasks=["kick_wikitext_ppl"],
         device="cpu",
-        metadata={"data_dir": str(FIXTURES), "seqlen": 64},
+        task_manager=tm,
         log_samples=True,
     )
     result = out["results"]["kick_wikitext_ppl"]
