@@ -23,8 +23,8 @@ Each config runs as ONE subprocess ``python -m kick_tasks.cli eval`` (= ``lm_eva
 plugin) over all tasks, with ``--log_samples``, writing lm-eval's standard output into
 ``DIR/<config slug>/`` and its console output into ``DIR/<config slug>/lm_eval.log``. A crash in
 one config does not stop the sweep; failures are listed at the end (exit code 1). All compressed
-configs share one compression cache (``cache_dir=DIR/.kick_cache``), so a re-run reuses the
-compressed weights.
+configs share one compression cache (``cache_dir=DIR/.kick_cache``, or ``--cache-dir``; ``--no-cache``
+turns it off), so a re-run reuses the compressed weights.
 
 Resuming: after lm_eval succeeds, ``DIR/<slug>/.kick_done.json`` is written atomically with the
 exact model/task/lm_eval arguments. Running the same command again skips every config whose
@@ -151,9 +151,13 @@ class SweepConfig:
     compression_args: tuple[tuple[str, Any], ...] = ()
 
     def model_args(self, pretrained: str, extra: dict[str, str], cache_dir: Path | None) -> str:
+        """lm-eval ``--model_args``; ``cache_dir=None`` turns the compression cache off (``cache=false``)."""
         args = {"pretrained": pretrained, **extra, **dict(self.compression_args)}
-        if self.method != "dense" and cache_dir is not None:
-            args["cache_dir"] = str(cache_dir)
+        if self.method != "dense":
+            if cache_dir is None:
+                args["cache"] = "false"
+            else:
+                args["cache_dir"] = str(cache_dir)
         return ",".join(f"{k}={v}" for k, v in args.items())
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,11 +309,18 @@ def _results_file(folder: Path) -> Path | None:
 # --------------------------------------------------------------------------- running
 
 
+def cache_dir(ns: argparse.Namespace, out: Path) -> Path | None:
+    """The shared compression cache: ``--cache-dir``, default ``<output>/.kick_cache``; None with ``--no-cache``."""
+    if ns.no_cache:
+        return None
+    return Path(ns.cache_dir).resolve() if ns.cache_dir else out / CACHE_DIR
+
+
 def lm_eval_command(config: SweepConfig, ns: argparse.Namespace, out: Path, passthrough: list[str]) -> list[str]:
     extra = parse_kv(ns.model_args)
     cmd = [sys.executable, "-m", "kick_tasks.cli", "eval",
            "--model", config.model,
-           "--model_args", config.model_args(ns.model, extra, out / CACHE_DIR),
+           "--model_args", config.model_args(ns.model, extra, cache_dir(ns, out)),
            "--tasks", ",".join(ns.task_list),
            "--output_path", str(out / config.slug),
            "--log_samples"]
@@ -511,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=int, help="calibration windows")
     p.add_argument("--seqlen", type=int, help="calibration window length in tokens")
     p.add_argument("--seed", type=int, help="calibration sampling seed")
+    p.add_argument("--cache-dir", "--cache_dir", dest="cache_dir",
+                   help="compression cache shared by all configs (default <output>/.kick_cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache compressed weights (cache=false)")
     p.add_argument("--tasks", default="kick", help="comma list of lm-eval tasks/groups (default: the kick group)")
     p.add_argument("--limit", help="lm_eval --limit")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", help="lm_eval --batch_size")
