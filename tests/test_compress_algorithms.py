@@ -270,3 +270,18 @@ def test_bf16_and_fp16_layers_keep_their_dtype():
             assert layer.weight.dtype == dtype and torch.isfinite(layer.weight.float()).all()
             if isinstance(cfg, PruneConfig):
                 assert stats.sparsity >= 0.5
+
+
+def test_exact_k_masks_equal_a_stable_sort_including_ties():
+    from kick_models.compress.nm import lowest_k_mask, row_lowest_k_mask
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        W = torch.randint(0, 4, (17, 24), generator=g).float() if trial % 2 else torch.randn(17, 24, generator=g)
+        for k in (0, 1, 7, 12, 23, 24):
+            ref = torch.zeros_like(W, dtype=torch.bool)
+            ref.scatter_(1, torch.sort(W, dim=-1, stable=True)[1][:, :k], True)
+            assert torch.equal(row_lowest_k_mask(W, k), ref)
+            flat = torch.zeros(W.numel(), dtype=torch.bool)
+            flat[torch.sort(W.flatten(), stable=True)[1][:k * 17]] = True
+            assert torch.equal(lowest_k_mask(W, k * 17), flat.reshape(W.shape))
