@@ -151,7 +151,7 @@ def generate_turn2(samples: Path, lm, apply_chat_template: bool = False, system_
         answer1 = first_response(row["filtered_resps"]).strip()
         doc = {**row["doc"], "answers": [answer1, output.strip()]}
         out_rows.append({"doc_id": row["doc_id"], "doc": doc, "target": (doc.get("ref_answers") or ["", ""])[-1],
-                         "arguments": [list(request.arguments)], "resps": [[output]], "filtered_resps": [output],
+                         "arguments": {"gen_args_0": {"arg_0": request.arguments[0], "arg_1": request.arguments[1]}}, "resps": [[output]], "filtered_resps": [output],
                          "filter": "none", "turn1_samples": str(samples), **answer_stats(output.strip())})
     stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S.%f")
     target = (output_dir or samples.parent) / f"samples_{TURN2_TASK}_{stamp}.jsonl"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_args", default="", help="the same --model_args as in pass 1")
     parser.add_argument("--apply_chat_template", action="store_true", help="use it if pass 1 used it")
     parser.add_argument("--system_instruction", default=None)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", default="1")
     parser.add_argument("--max_gen_toks", type=int, default=GEN_KWARGS["max_gen_toks"])
     parser.add_argument("--limit", type=int, default=None)
@@ -183,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     ensure_loaded()
     from lm_eval.api.registry import get_model
 
-    extra = {"batch_size": args.batch_size, "device": args.device}
-    lm = get_model(args.model).create_from_arg_string(args.model_args, {k: v for k, v in extra.items() if v})
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = get_model(args.model).create_from_arg_string(args.model_args, {"batch_size": args.batch_size, "device": device})
     target = generate_turn2(args.samples, lm, args.apply_chat_template, args.system_instruction, args.max_gen_toks,
                             args.output_dir, args.limit)
     print(target)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from judge_helpers import (clean_env, files_containing, free_port, start_fake, start_transformers_serve, stop,
+from fixtures.judge.helpers import (clean_env, files_containing, free_port, start_fake, start_transformers_serve, stop,
                            write_samples)
 
 pytestmark = pytest.mark.server
