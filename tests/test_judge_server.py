@@ -134,6 +134,31 @@ def test_wrong_api_key_is_a_clear_error(summary_docs, tmp_path):
     assert not list(tmp_path.glob("judged_*"))
 
 
+def test_retries_with_backoff_on_429_and_5xx(summary_docs, tmp_path):
+    samples = write_samples(tmp_path / "samples_kicksum_small_2026-01-01T00-00-00.000001.jsonl",
+                            summary_docs[:2], ["one", "two"])
+    env = clean_env(KICK_JUDGE_BACKOFF="0.05")
+    results = {}
+    for retries in (3, 1):
+        port = free_port()
+        log = tmp_path / f"requests{retries}.log"
+        proc = start_fake(port, log=log, fail_first=2)   # each prompt: 503, 429, then a verdict
+        try:
+            results[retries] = _judge_cli([str(samples), "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "fake",
+                                           "--retries", str(retries), "--cache", str(tmp_path / f"{retries}.sqlite"),
+                                           "--output-dir", str(tmp_path / f"out{retries}")], env)
+        finally:
+            stop(proc)
+        if retries == 3:
+            hits = log.read_text().splitlines()
+            assert len(hits) == 12 and len(set(hits)) == 4 and all(hits.count(h) == 3 for h in set(hits))
+    assert results[3].returncode == 0, results[3].stderr
+    summary = _summary(tmp_path / "out3", "kicksum_small")
+    assert summary["metrics"]["judge_invalid_rate"] == 0.0
+    assert summary["backend_requests"] == 12           # 4 prompts x (503, 429, 200)
+    assert results[1].returncode == 1 and "HTTP 429 after 1 retries" in results[1].stderr
+
+
 def test_unreachable_endpoint_is_a_clear_error(summary_docs, tmp_path):
     samples = write_samples(tmp_path / "samples_kicksum_small_2026-01-01T00-00-00.000001.jsonl", summary_docs[:1], ["x"])
     result = _judge_cli([str(samples), "--base-url", f"http://127.0.0.1:{free_port()}/v1", "--model", "m",
