@@ -62,3 +62,18 @@ def test_mmlu_prompt_is_hendrycks_five_shot(tasks):
     requests = task.construct_requests(doc, _prompt(task))
     assert [r.args[1] for r in requests] == [" A", " B", " C", " D"]
     assert task.doc_to_target(doc) == 1
+
+
+def test_generated_mmlu_yamls_are_up_to_date(tmp_path):
+    """The committed kickmmlu_*.yaml files are exactly what _generate_configs.py writes."""
+    import importlib.util
+
+    folder = Path(kick_tasks.__file__).resolve().parents[1] / "task_yaml" / "mcr_qa"
+    spec = importlib.util.spec_from_file_location("_kick_mmlu_generator", folder / "_generate_configs.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.main(tmp_path)
+    generated = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    committed = {p.name: p.read_text() for p in folder.glob("*.yaml")}
+    assert len(generated) == 58
+    assert generated == committed

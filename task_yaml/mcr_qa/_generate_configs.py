@@ -49,13 +49,14 @@ def group_yaml() -> str:
     )
 
 
-def main() -> None:
-    for old in HERE.glob(f"{PREFIX}*.yaml"):
+def main(out_dir: Path = HERE) -> None:
+    """(Re)write every generated YAML into ``out_dir``."""
+    for old in out_dir.glob(f"{PREFIX}*.yaml"):
         old.unlink()
     for subject in SUBJECTS:
-        (HERE / f"{PREFIX}{subject}.yaml").write_text(subject_yaml(subject))
-    (HERE / f"_{GROUP}.yaml").write_text(group_yaml())
-    print(f"wrote {len(SUBJECTS)} subject YAMLs and _{GROUP}.yaml to {HERE}")
+        (out_dir / f"{PREFIX}{subject}.yaml").write_text(subject_yaml(subject))
+    (out_dir / f"_{GROUP}.yaml").write_text(group_yaml())
+    print(f"wrote {len(SUBJECTS)} subject YAMLs and _{GROUP}.yaml to {out_dir}")
 
 
 if __name__ == "__main__":
