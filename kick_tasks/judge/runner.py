@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
 from .cache import JudgeCache, cache_key
@@ -57,7 +57,7 @@ class Judge:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = {pool.submit(self.reply, call): i for i, call in enumerate(calls)}
                 try:
-                    for future in _as_completed(futures):
+                    for future in as_completed(futures):
                         results[futures[future]] = future.result()
                         bar.update(1)
                 except BaseException:
@@ -72,12 +72,6 @@ class Judge:
     def stats(self) -> dict[str, int]:
         return {"backend_requests": getattr(self.backend, "requests_made", self.calls_sent),
                 "calls_sent": self.calls_sent, "cache_hits": self.cache.hits}
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def judge_items(judge: Judge, items: Sequence[dict[str, Any]], protocols: Sequence[Sequence[Any]],
