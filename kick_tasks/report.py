@@ -142,13 +142,19 @@ def headline_metric(run: Run, task: str) -> tuple[str, str] | None:
 
 
 def headline_tasks(entries: Sequence[Entry]) -> list[str]:
-    """Top-level tasks: groups and tasks not inside a group (first-seen order)."""
+    """Tasks shown in the leaderboard and plots (first-seen order): the lowest-level groups that have a
+    score (e.g. ``kick_mcr_qa``) and the tasks outside them; groups of groups without their own score
+    (e.g. ``kick``) are replaced by their members."""
     out: dict[str, None] = {}
     for e in entries:
-        members = {t for ts in e.run.group_subtasks.values() for t in ts}
+        gs = e.run.group_subtasks
+        scored = {g for g in gs if e.run.metric_values(g)}
+        leaf_groups = {g for g, ts in gs.items() if g in scored and not any(t in gs for t in ts)}
+        hidden = {t for g in leaf_groups for t in gs[g]}
         for task in e.run.results:
-            if task not in members:
-                out.setdefault(task, None)
+            if task in hidden or (task in gs and task not in leaf_groups):
+                continue
+            out.setdefault(task, None)
     return list(out)
 
 

@@ -134,3 +134,17 @@ def test_report_errors_and_no_plots(tmp_path, capsys):
     assert "no dense (uncompressed) run of m" in captured.err
     assert not list((tmp_path / "o").glob("*.png"))
     assert "wanda 50%" in (tmp_path / "o" / "leaderboard.md").read_text()
+
+
+def test_headline_tasks_unfold_groups_without_scores(tmp_path):
+    """`kick` (no aggregate) shows its members; `kick_mcr_qa`-like groups with a score replace their subjects."""
+    s = [mc_sample(i, [-1.0, -2.0], 0) for i in range(3)]
+    path = write_run(tmp_path / "r", {"subj_a": s, "subj_b": s, "factoid": [gen_sample(0, "a", "a")]},
+                     output_types={"subj_a": "multiple_choice", "subj_b": "multiple_choice"})
+    data = json.loads(path.read_text())
+    data["group_subtasks"] = {"kick": ["factoid", "mcr"], "mcr": ["subj_a", "subj_b"]}
+    data["results"]["mcr"] = {"alias": "mcr", "acc,none": 1.0}
+    data["results"]["kick"] = {"alias": "kick"}
+    path.write_text(json.dumps(data))
+    entries = rep.collect([tmp_path], n_resamples=50)
+    assert sorted(rep.headline_tasks(entries)) == ["factoid", "mcr"]

