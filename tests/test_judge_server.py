@@ -104,6 +104,7 @@ def test_garbage_verdicts_are_counted_invalid(summary_docs, tmp_path):
     assert summary["n_samples"] == 3 and summary["metrics"]["judge_invalid_rate"] == 1.0
     assert summary["metrics"]["judge_score"] is None  # NaN -> null in JSON
     assert summary["backend_requests"] == 6
+    assert summary["judge_calls"] == 6 and summary["invalid_verdicts"] == 6
 
 
 def test_wrong_api_key_is_a_clear_error(summary_docs, tmp_path):

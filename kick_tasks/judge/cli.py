@@ -100,6 +100,9 @@ def judge_file(path: Path, judge: Judge, task: str | None = None, limit: int | N
     after = judge.stats
     summary = {
         "task": task, "samples_file": str(path), "n_samples": len(rows),
+        "judge_calls": sum(len(r) for r in replies),
+        "invalid_verdicts": int(round(sum(m["judge_invalid_rate"] * len(r) for m, r in zip(metrics, replies)
+                                          if r and not math.isnan(m["judge_invalid_rate"])))),
         "judge": judge.settings.public_dict(), "metrics": {k: _json_safe(v) for k, v in summary_metrics.items()},
         "backend_requests": after["backend_requests"] - before["backend_requests"],
         "cache_hits": after["cache_hits"] - before["cache_hits"], "seconds": round(elapsed, 2),

@@ -3,7 +3,7 @@
 # 10 summarization (kicksum_small) and 10 instruction-following items on CPU; then the same model,
 # served by `transformers serve` as an OpenAI-compatible endpoint, judges them with `kick judge`.
 #
-#   bash docs/studies/judged_smollm2/run.sh          # ~25-40 min on 2 CPU cores
+#   bash docs/studies/judged_smollm2/run.sh          # ~20-60 min on 2 busy CPU cores
 #
 # Outputs (outputs/): lm-eval results JSON, judged_*.jsonl (per-sample judge metrics + raw verdicts),
 # judged_*.summary.json, and timings.txt. samples_*.jsonl (they embed the stories) and the judge cache
@@ -27,7 +27,7 @@ python "$HERE/convert_smollm2.py" "$MODEL"
 stamp "generate (lm_eval, no judge: judge-free metrics)"
 nice -n 10 lm_eval --model hf --model_args "pretrained=$MODEL,dtype=float32" --device cpu \
   --tasks kicksum_small,kick_instruction_following --limit "$LIMIT" --apply_chat_template \
-  --gen_kwargs max_gen_toks=320 --log_samples --output_path "$OUT/generate" 2>&1 | tee "$OUT/lm_eval.log" | grep -v "it/s]" || true
+  --batch_size "${BATCH:-10}" --gen_kwargs max_gen_toks=${GEN_TOKS:-256} --log_samples --output_path "$OUT/generate" 2>&1 | tee "$OUT/lm_eval.log" | grep -v "it/s]" || true
 stamp "generation done"
 
 stamp "start the judge: transformers serve $MODEL on 127.0.0.1:$PORT"
@@ -38,6 +38,6 @@ for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null &&
 
 stamp "judge (kick judge, pairwise four criteria both orders + FastChat single grading)"
 python -m kick_tasks.judge.cli "$OUT/generate" --base-url "http://127.0.0.1:$PORT/v1" --model "$MODEL" \
-  --max-tokens 256 --concurrency 2 --cache "$OUT/judge_cache.sqlite" --output-dir "$OUT" 2>&1 | tee "$OUT/judge.log" \
+  --max-tokens "${JUDGE_TOKENS:-128}" --concurrency 2 --cache "$OUT/judge_cache.sqlite" --output-dir "$OUT" 2>&1 | tee "$OUT/judge.log" \
   | grep -v "req/s]" || true
 stamp "judging done; chat-completion requests served: $(grep -c 'POST /v1/chat/completions' "$OUT/serve.log")"
