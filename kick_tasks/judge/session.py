@@ -21,6 +21,7 @@ _lock = threading.Lock()
 _settings: JudgeSettings | None = None
 _judge: Judge | None = None
 _hinted = False
+_bar = None
 
 
 def configure(metadata: dict[str, Any] | None = None, preflight: bool = True) -> JudgeSettings:
@@ -77,7 +78,16 @@ def active_judge() -> Judge | None:
 
 def judge_doc(item: dict[str, Any], protocols: Sequence[Any]) -> dict[str, float]:
     """Judge metrics for one doc ({} with no judge configured)."""
+    global _bar
     judge = active_judge()
     if judge is None:
         return {}
-    return judge_items(judge, [item], [protocols], progress=False)[0]
+    replies: list = []
+    metrics = judge_items(judge, [item], [protocols], progress=False, replies_out=replies)[0]
+    if _bar is None:  # lm-eval does not tell process_results how many docs remain: a running count
+        from tqdm.auto import tqdm
+
+        _bar = tqdm(desc=f"judge requests ({judge.settings.name})", unit="req")
+    _bar.update(len(replies[0]))
+    _bar.set_postfix(invalid=f"{metrics['judge_invalid_rate']:.2f}", cache_hits=judge.cache.hits, refresh=False)
+    return metrics
