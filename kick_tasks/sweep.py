@@ -360,7 +360,7 @@ def run_config(cmd: list[str], folder: Path, verbose: bool) -> tuple[int, float]
     """Run one lm_eval subprocess, its console output into ``folder/lm_eval.log``."""
     folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # live lm_eval.log
     with open(folder / "lm_eval.log", "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
