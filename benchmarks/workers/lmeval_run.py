@@ -1,0 +1,65 @@
+"""Run ONE lm-eval evaluation (``simple_evaluate``) in a fresh process; print one JSON line.
+
+``seconds`` = the whole ``simple_evaluate`` call: model load (+ compression or cache load for kick models) and
+the evaluation; ``rss_peak_mib`` = ``ru_maxrss``. With ``--samples OUT.json`` the per-document generations
+(``filtered_resps``) and metrics are written to OUT.json (used to compare per-question correctness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="lm-eval model name: hf, kick-pruned, kick-gptq, ...")
+    ap.add_argument("--model-args", required=True)
+    ap.add_argument("--tasks", required=True)
+    ap.add_argument("--limit", type=float, default=None)
+    ap.add_argument("--batch-size", default="16")
+    ap.add_argument("--metadata", default="{}", help="JSON task metadata, e.g. '{\"seqlen\": 512}'")
+    ap.add_argument("--samples", default="", help="write per-document outputs here (JSON)")
+    args = ap.parse_args()
+
+    t_import = time.perf_counter()
+    import lm_eval
+
+    from kick_tasks import task_manager
+
+    from lm_eval.utils import simple_parse_args_string
+
+    t0 = time.perf_counter()
+    metadata = simple_parse_args_string(args.model_args) | json.loads(args.metadata)  # what the CLI passes tasks
+    tm = task_manager(include_defaults=False, metadata=metadata)
+    results = lm_eval.simple_evaluate(
+        model=args.model, model_args=args.model_args, tasks=args.tasks.split(","), limit=args.limit,
+        batch_size=args.batch_size, task_manager=tm,
+        metadata=json.loads(args.metadata), log_samples=bool(args.samples), bootstrap_iters=0,
+    )
+    seconds = time.perf_counter() - t0
+    out = {
+        "seconds": seconds,
+        "import_seconds": t0 - t_import,
+        "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "results": {t: {k: v for k, v in r.items() if isinstance(v, (int, float))} for t, r in results["results"].items()},
+        "kick": results.get("config", {}).get("kick_compression"),
+    }
+    if args.samples:
+        docs = []
+        for task, samples in results.get("samples", {}).items():
+            for s in samples:
+                docs.append({"task": task, "doc_id": s["doc_id"], "question_id": s["doc"].get("question_id"),
+                             "resp": s["filtered_resps"][0] if s.get("filtered_resps") else None,
+                             "contains_em": s.get("contains_em"), "aliases": s["doc"].get("aliases")})
+        with open(args.samples, "w") as fh:
+            json.dump(docs, fh)
+    print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
