@@ -15,7 +15,8 @@ Extra arguments of the compressing classes:
 * ``compress_device``: where each decoder layer is compressed (default: the eval device);
 * ``compress_batch_size``: calibration sequences per forward pass while compressing;
 * ``cache`` (default true) / ``cache_dir``: the compressed-weights cache (:mod:`kick_models.cache`;
-  ``cache_dir`` > ``$KICK_CACHE_DIR`` > ``~/.cache/kick``);
+  ``cache_dir`` > ``$KICK_CACHE_DIR`` > ``~/.cache/kick``; note: this is kick's cache, not the
+  Hugging Face download cache that ``from_pretrained(cache_dir=...)`` means -- use ``$HF_HOME`` for that);
 * ``save_compressed=DIR``: also write the compressed model as a plain HF checkpoint
   (:mod:`kick_models.export`).
 
@@ -60,12 +61,15 @@ QUANT_ARGS = ("method", "wbits", "groupsize", "act_order", "sym", "static_groups
 BNB_ARGS = ("method", "compute_dtype", "double_quant")
 _ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS))
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
+#: from_pretrained keyword arguments that look like kick arguments but are not typos.
+_FROM_PRETRAINED_ARGS = {"variant", "device_map", "attn_implementation", "load_in_8bit", "load_in_4bit", "token",
+                         "low_cpu_mem_usage", "use_safetensors", "local_files_only", "max_memory"}
 
 
 def _check_typos(rest: dict, known: tuple[str, ...]) -> None:
     """Refuse leftover keys that look like a misspelt kick argument (they would reach from_pretrained)."""
     for key in rest:
-        if key in _HFLM_ARGS:
+        if key in _HFLM_ARGS or key in _FROM_PRETRAINED_ARGS:
             continue
         close = difflib.get_close_matches(key, list(known) + list(_ALL_KICK_ARGS), n=1, cutoff=0.75)
         if close and close[0] != key:
