@@ -288,7 +288,12 @@ def compare_aggregate(task: str, dense: Run, compressed: Run) -> dict[str, Any]:
         if d is None or c is None:
             continue
         metrics[f"{key[0]},{key[1]}"] = {"dense": d, "compressed": c, "ratio": c / d if d else None}
-    return {"task": task, "kind": "aggregate-only", "metrics": metrics}
+    nd = (dense.n_samples.get(task) or {}).get("effective")
+    nc = (compressed.n_samples.get(task) or {}).get("effective")
+    if nd != nc:
+        warnings.warn(f"task {task}: the runs scored different numbers of documents ({nd} dense, {nc} compressed); "
+                      "their aggregate values are not comparable", stacklevel=2)
+    return {"task": task, "kind": "aggregate-only", "n_dense": nd, "n_compressed": nc, "metrics": metrics}
 
 
 # --------------------------------------------------------------------------- two runs
@@ -364,6 +369,10 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
 def _compare_task(task: str, dense: Run, compressed: Run, overrides: dict[str, str], filter_key: str | None,
                   use_intersection: bool, n_resamples: int, seed: int, report: dict, paired: dict) -> None:
     output_type = dense.output_type(task)
+    wanted = overrides.get(task, overrides.get("*"))
+    if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
+        report["tasks"][task] = compare_aggregate(task, dense, compressed)  # perplexity: no samples needed
+        return
     has_d, has_c = task in dense.samples_files, task in compressed.samples_files
     if not (has_d and has_c):
         which = " and ".join(r.label for r, ok in ((dense, has_d), (compressed, has_c)) if not ok)
@@ -371,10 +380,6 @@ def _compare_task(task: str, dense: Run, compressed: Run, overrides: dict[str, s
             f"task {task}: no per-sample log (samples_{task}_*.jsonl) in {which}; "
             "rerun lm_eval with --log_samples"
         )
-    wanted = overrides.get(task, overrides.get("*"))
-    if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
-        report["tasks"][task] = compare_aggregate(task, dense, compressed)
-        return
     fkey = _filter_for(dense, task, wanted or table_metric(task), filter_key)
     d_samples = load_samples(dense.samples_files[task], fkey)
     c_samples = load_samples(compressed.samples_files[task], fkey)

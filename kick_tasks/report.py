@@ -210,7 +210,7 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
             ref = min(dense, key=lambda d: _baseline_rank(e, d))
             e.dense = ref
             common = [t for t in ref.run.tasks if t in e.run.tasks and t in ref.run.samples_files
-                      and t in e.run.samples_files]
+                      and t in e.run.samples_files]  # (perplexities need no samples: aggregate columns)
             if not common:
                 continue
             with warnings.catch_warnings():
