@@ -112,11 +112,17 @@ def test_lm_eval_hf_still_works(tiny_llama_dir, task_args, env, tmp_path):
 
 
 def test_two_processes_compress_once(tiny_llama_dir, calib_txt, task_args, env, tmp_path):
-    torchrun = BIN / "torchrun"
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed")
+    """`accelerate launch` with 2 processes; on CPU accelerate needs --multi_gpu + ACCELERATE_USE_CPU=1
+    (its --cpu flag alone starts one process unless mpirun is configured); the result is accelerate's
+    MULTI_CPU mode with a gloo process group, i.e. the multi-GPU code path."""
+    accelerate = BIN / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed")
     out = tmp_path / "out"
-    log = _run([str(torchrun), "--nproc_per_node", "2", "-m", "lm_eval", "--model", "kick-pruned", "--model_args",
+    env = dict(env, ACCELERATE_USE_CPU="1")
+    log = _run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no",
+                "-m", "lm_eval", "--model", "kick-pruned", "--model_args",
                 f"pretrained={tiny_llama_dir},method=sparsegpt,sparsity=0.5,calib={calib_txt},nsamples=4,seqlen=64",
                 *task_args, "--limit", "2", "--output_path", str(out)], env, timeout=400)
     assert log.count("kick: compressing") == 1, log[-4000:]
@@ -124,17 +130,22 @@ def test_two_processes_compress_once(tiny_llama_dir, calib_txt, task_args, env, 
     entries = list((Path(env["KICK_CACHE_DIR"]) / "entries").iterdir())
     assert len(entries) == 1
     info = _results(out)["config"]["kick_compression"]
-    assert info["processes"]["world_size"] == 2
+    assert info["processes"] == {"rank": 0, "world_size": 2, "coordination": "torch.distributed + file lock"}
     assert info["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_two_processes_without_cache_compress_once(tiny_llama_dir, task_args, env, tmp_path):
+    """torchrun, cache=false: a private temporary cache shared by the two processes, removed afterwards."""
     torchrun = BIN / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    env = dict(env, TMPDIR=str(tmp))
     log = _run([str(torchrun), "--nproc_per_node", "2", "-m", "lm_eval", "--model", "kick-rtn", "--model_args",
                 f"pretrained={tiny_llama_dir},wbits=4,groupsize=32,cache=false",
                 *task_args, "--limit", "1"], env, timeout=400)
+    assert not list(tmp.glob("kick-mp-*")), "the temporary multi-process cache must be removed"
     assert log.count("kick: compressing") == 1, log[-4000:]
     assert log.count("kick: loaded compressed weights from cache") == 1, log[-4000:]
     assert not Path(env["KICK_CACHE_DIR"]).exists()
