@@ -4,6 +4,8 @@ Public API (imported lazily so that ``import kick_models`` stays cheap):
 
 * :func:`prune` - magnitude / Wanda / SparseGPT on an in-memory model.
 * :func:`quantize` - GPTQ / RTN fake quantization on an in-memory model.
+* ``kick_models.api.compress(model, tokenizer, config)`` - the typed-config entry both use
+  (``kick_models.compress`` is the subpackage with the algorithms).
 * lm-eval model classes in :mod:`kick_models.lm` (``kick-pruned``, ``kick-gptq``).
 """
 
@@ -16,7 +18,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "prune": "kick_models.api",
     "quantize": "kick_models.api",
-    "compress": "kick_models.api",
     "CompressionReport": "kick_models.compress.report",
 }
 
