@@ -361,7 +361,7 @@ def run_config(cmd: list[str], folder: Path, verbose: bool) -> tuple[int, float]
     folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # live lm_eval.log
-    with open(folder / "lm_eval.log", "w", encoding="utf-8") as log:
+    with open(folder / "lm_eval.log", "w", encoding="utf-8", buffering=1) as log:  # line-buffered
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

@@ -21,8 +21,13 @@ PPL_SEQLEN=${PPL_SEQLEN:-512}
 MAX_GEN_TOKS=${MAX_GEN_TOKS:-16}
 NSAMPLES=${NSAMPLES:-32}
 CALIB_SEQLEN=${CALIB_SEQLEN:-512}
-WANDA_SPARSITY=${WANDA_SPARSITY:-0.5}
+# Grid (what fitted in the time on a shared 2-core machine; the full grid of the brief would be
+# METHODS=wanda,sparsegpt,magnitude,gptq,rtn SPARSITY=0:0.6:0.1 NM=2:4 GPTQ_BITS=8,4,3).
+METHODS=${METHODS:-wanda,magnitude,sparsegpt,gptq,rtn}
 SPARSITY=${SPARSITY:-0.5}
+NM=${NM:-}
+GPTQ_BITS=${GPTQ_BITS:-4}
+RTN_BITS=${RTN_BITS:-4}
 NICE=${NICE:-10}
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -34,9 +39,8 @@ start=$(date +%s)
 nice -n "$NICE" kick sweep \
   --model "$GGUF_DIR" --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf \
   --output "$OUT" --cache-dir "$CACHE" \
-  --methods wanda,sparsegpt,magnitude,gptq,rtn \
-  --sparsity "$SPARSITY" --sparsity "wanda=$WANDA_SPARSITY" --nm wanda=2:4 \
-  --wbits gptq=4,3 --wbits rtn=4 --groupsize 128 \
+  --methods "$METHODS" --sparsity "$SPARSITY" ${NM:+--nm "$NM"} \
+  --wbits "gptq=$GPTQ_BITS" --wbits "rtn=$RTN_BITS" --groupsize 128 \
   --calib c4 --nsamples "$NSAMPLES" --seqlen "$CALIB_SEQLEN" --seed 0 \
   --tasks kick_factoid_qa,kick_wikitext_ppl --batch_size 16 --device cpu \
   -- --samples "$SAMPLES" --apply_chat_template --gen_kwargs "max_gen_toks=$MAX_GEN_TOKS" \
