@@ -260,7 +260,8 @@ class _KickCompressedLM(HFLM):
         t0 = time.perf_counter()
 
         if self._kick_is_noop():
-            self._kick_report = self._kick_compress(model, progress=False)
+            self._kick_report = self._kick_compress(model, progress=False)  # measures only
+            record["compressed_in_this_process"] = False
             record["cache"] = {"status": "not used (sparsity=0: the model stays dense)"}
             self._kick_finish(model, t0)
             return
