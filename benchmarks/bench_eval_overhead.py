@@ -31,7 +31,7 @@ def _cmd(model_name: str, model_args: str, limit: int, seqlen: int) -> list[str]
             "--metadata", json.dumps({"seqlen": seqlen})]
 
 
-def run(limit: int, seqlen: int, repeats: int, nsamples: int = 16, calib_seqlen: int = 256) -> list[Row]:
+def run(limit: int, seqlen: int, repeats: int, nsamples: int = 4, calib_seqlen: int = 128) -> list[Row]:
     model = smollm2_dir()
     cache_dir = CACHE_DIR / "kick-cache-eval-overhead"
     shutil.rmtree(cache_dir, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 Same model folder (SmolLM2-135M converted once from the GGUF), the SAME calibration token tensor (one .pt file
 both sides load), settings matched (damping 0.01, block 128, lm_head untouched, layer-wise sequential, GPTQ
-4-bit group 128 asymmetric without act-order). Each run is a fresh child process; kick and llm-compressor runs
+4-bit group 64 asymmetric without act-order: 576 columns are not a multiple of 128 and llm-compressor cannot
+quantize a partial group). Each run is a fresh child process; kick and llm-compressor runs
 are interleaved (A B A B ...), wall time and peak RSS are medians.
 
 Agreement (from the first repeat of each side):
@@ -35,7 +36,7 @@ from common import (  # noqa: E402
     calibration_tokens,
     median,
     run_child,
-    smollm2_dir,
+    smollm2_truncated_dir,
 )
 
 #: (label, method, sparsity_type)
@@ -43,11 +44,13 @@ METHODS = [
     ("wanda 50%", "wanda", "unstructured"),
     ("sparsegpt 50%", "sparsegpt", "unstructured"),
     ("sparsegpt 2:4", "sparsegpt", "2:4"),
-    ("gptq w4 g128", "gptq", "unstructured"),
+    ("gptq w4 g64", "gptq", "unstructured"),
 ]
 SPEED_TARGET = 0.8
 MASK_TARGET = 0.999
 GPTQ_ERR_TARGET = 0.01
+#: SmolLM2's 576 input columns are not a multiple of 128 and llm-compressor cannot quantize a partial group.
+GPTQ_GROUP = 64
 
 
 def ensure_llmc_venv() -> Path:
@@ -67,9 +70,9 @@ def ensure_llmc_venv() -> Path:
 def _worker_cmd(side: str, model: Path, calib: Path, method: str, stype: str, save: str) -> list[str]:
     if side == "kick":
         return [sys.executable, str(BENCH_DIR / "workers" / "kick_compress.py"), "--model", str(model), "--calib",
-                str(calib), "--method", method, "--sparsity-type", stype, "--save", save]
+                str(calib), "--method", method, "--sparsity-type", stype, "--save", save, "--groupsize", str(GPTQ_GROUP)]
     return [str(LLMC_PYTHON), str(BENCH_DIR / "workers" / "llmc_compress.py"), "--model", str(model), "--calib",
-            str(calib), "--method", method, "--sparsity-type", stype, "--save", save]
+            str(calib), "--method", method, "--sparsity-type", stype, "--save", save, "--groupsize", str(GPTQ_GROUP)]
 
 
 def mask_agreement(ours: dict, theirs: dict) -> float:
@@ -109,11 +112,12 @@ def gptq_output_errors(model_dir: Path, heldout: Path, ours: dict, theirs: dict)
     return sum(errs["ours"]) / len(errs["ours"]), sum(errs["theirs"]) / len(errs["theirs"])
 
 
-def run(nsamples: int, seqlen: int, repeats: int, methods: list[tuple[str, str, str]] | None = None) -> list[Row]:
+def run(nsamples: int, seqlen: int, repeats: int, methods: list[tuple[str, str, str]] | None = None,
+        layers: int = 30) -> list[Row]:
     import torch
 
     ensure_llmc_venv()
-    model = smollm2_dir()
+    model = smollm2_truncated_dir(layers)
     calib = calibration_tokens(nsamples, seqlen, seed=0)
     heldout = calibration_tokens(4, seqlen, seed=1)
     rows: list[Row] = []
@@ -137,7 +141,8 @@ def run(nsamples: int, seqlen: int, repeats: int, methods: list[tuple[str, str, 
         ours, theirs = torch.load(saved["kick"]), torch.load(saved["llmc"])
         t_k, t_l = median(times["kick"]), median(times["llmc"])
         m_k, m_l = median(rss["kick"]), median(rss["llmc"])
-        detail = (f"kick {t_k:.1f}s vs llm-compressor {t_l:.1f}s (median of {repeats}, {nsamples}x{seqlen} tokens)")
+        detail = (f"kick {t_k:.1f}s vs llm-compressor {t_l:.1f}s (median of {repeats}, {nsamples}x{seqlen} tokens, "
+                  f"{min(layers, 30)} of 30 blocks)")
         rows.append(Row("1 vs llm-compressor", f"{label}: time ratio kick/llmc", t_k / t_l, f"<= {SPEED_TARGET}",
                         t_k / t_l <= SPEED_TARGET, detail, {"kick_s": times["kick"], "llmc_s": times["llmc"]}))
         rows.append(Row("1 vs llm-compressor", f"{label}: peak RSS ratio kick/llmc", m_k / m_l, "report",
@@ -167,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=30, help="first N decoder blocks of SmolLM2 (30 = all)")
     ap.add_argument("--methods", default="", help="comma list of labels' methods: wanda,sparsegpt,sparsegpt24,gptq")
     args = ap.parse_args(argv)
     pick = {"wanda": METHODS[0], "sparsegpt": METHODS[1], "sparsegpt24": METHODS[2], "gptq": METHODS[3]}
     methods = [pick[m] for m in args.methods.split(",") if m] or None
-    rows = run(args.nsamples, args.seqlen, args.repeats, methods)
+    rows = run(args.nsamples, args.seqlen, args.repeats, methods, args.layers)
     for r in rows:
         print(json.dumps(r.__dict__, default=str))
     return 0

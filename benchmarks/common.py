@@ -37,6 +37,10 @@ CHILD_ENV = {
     "PYTHONWARNINGS": "ignore",
     "TQDM_DISABLE": "1",
 }
+#: torch/OpenMP threads of every child (both sides of every comparison alike). 1 by default: on a shared 2-core
+#: machine OpenMP threads spin-wait for descheduled siblings and the small per-column ops of GPTQ/SparseGPT ran
+#: 25x slower with 2 threads than with 1 (315 s vs 12.5 s for GPTQ on 2 SmolLM2 blocks at load average 14).
+THREADS = int(os.environ.get("KICK_BENCH_THREADS", "1"))
 
 
 def data_dir() -> Path:
@@ -91,6 +95,36 @@ def smollm2_dir() -> Path:
     return out
 
 
+def smollm2_truncated_dir(layers: int) -> Path:
+    """SmolLM2-135M keeping only its first ``layers`` decoder blocks (same weights), as a safetensors folder.
+
+    Compression works block by block, so per-block comparisons hold on fewer blocks while the runs fit the
+    CPU budget; ``layers >= 30`` returns the whole model."""
+    full = smollm2_dir()
+    if layers >= 30:
+        return full
+    out = CACHE_DIR / f"smollm2-135m-{layers}blocks"
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32)
+    model.model.layers = model.model.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(full).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
 def calibration_tokens(nsamples: int, seqlen: int, seed: int = 0) -> Path:
     """Random C4 windows (reference recipe: draw documents until one is longer than seqlen, random window),
     tokenized with SmolLM2's tokenizer, saved once as ``{"tokens": LongTensor[nsamples, seqlen]}`` so that
@@ -135,7 +169,9 @@ class ChildResult:
 def run_child(cmd: Sequence[str], timeout: float = 1800, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> ChildResult:
     """Run ``cmd``; parse the last JSON line of stdout. Raises with the stderr tail when the child fails."""
-    full_env = {**os.environ, **CHILD_ENV, "KICK_DATA_DIR": str(data_dir()), **(env or {})}
+    threads = str(THREADS)
+    full_env = {**os.environ, **CHILD_ENV, "KICK_DATA_DIR": str(data_dir()), "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads, **(env or {})}
     t0 = time.perf_counter()
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=str(cwd or ROOT))

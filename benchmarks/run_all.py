@@ -25,10 +25,11 @@ from common import BENCH_DIR, Row, machine_info, status  # noqa: E402
 
 SIZES = {
     # benchmark -> (full settings, quick settings)
-    "1": ({"nsamples": 16, "seqlen": 256, "repeats": 3}, {"nsamples": 16, "seqlen": 256, "repeats": 1}),
-    "2": ({"limit": 6, "seqlen": 512, "repeats": 3}, {"limit": 2, "seqlen": 512, "repeats": 1}),
-    "3": ({"n": 40, "repeats": 3}, {"n": 10, "repeats": 1}),
-    "4": ({"layers": 4, "quick": False}, {"layers": 4, "quick": True}),
+    "1": ({"nsamples": 16, "seqlen": 256, "repeats": 3, "layers": 4},
+          {"nsamples": 16, "seqlen": 256, "repeats": 1, "layers": 2}),
+    "2": ({"limit": 4, "seqlen": 512, "repeats": 3}, {"limit": 2, "seqlen": 512, "repeats": 1}),
+    "3": ({"n": 30, "repeats": 2}, {"n": 10, "repeats": 1}),
+    "4": ({"layers": 2, "quick": False}, {"layers": 2, "quick": True}),
 }
 NAMES = {"1": "vs llm-compressor", "2": "evaluation overhead", "3": "vs the paper's per-example loop", "4": "scaling"}
 
@@ -38,7 +39,7 @@ def run_one(key: str, quick: bool) -> tuple[list[Row], dict]:
     if key == "1":
         import bench_vs_llmcompressor as b
 
-        return b.run(settings["nsamples"], settings["seqlen"], settings["repeats"]), settings
+        return b.run(settings["nsamples"], settings["seqlen"], settings["repeats"], layers=settings["layers"]), settings
     if key == "2":
         import bench_eval_overhead as b
 
@@ -62,7 +63,10 @@ def table(rows: list[Row]) -> str:
 
 
 def write_results(path: Path, rows: list[Row], info_start: dict, info_end: dict, settings: dict, quick: bool,
-                  wall: float) -> None:
+                  wall: float, pending: list[str] | None = None) -> None:
+    import common
+
+    threads = common.THREADS
     cores = info_start["cores"] or 1
     load = max(info_start["loadavg"][0], info_end["loadavg"][0])
     shared = load > 0.5 * cores
@@ -72,11 +76,13 @@ def write_results(path: Path, rows: list[Row], info_start: dict, info_end: dict,
         "# kick benchmark results",
         "",
         f"Produced by `python benchmarks/run_all.py{' --quick' if quick else ''}` in {wall / 60:.1f} min "
-        f"on {info_start['date']}. Targets met: {met}, missed: {missed} (rows marked `-` are reported figures).",
+        f"on {info_start['date']}. Targets met: {met}, missed: {missed} (rows marked `-` are reported figures)."
+        + (f" **Partial: benchmarks {', '.join(pending)} still running.**" if pending else ""),
         "",
         "## Machine",
         "",
-        f"- CPU: {info_start['cpu']}, {cores} cores (torch threads {info_start['torch_threads']}), "
+        f"- CPU: {info_start['cpu']}, {cores} cores; every benchmark child ran with {threads} torch thread(s) "
+        "(OMP_NUM_THREADS, both sides alike), "
         f"{info_start['memory_gib']} GiB RAM",
         f"- Python {info_start['python']}, torch {info_start['torch']}, transformers {info_start['transformers']}, "
         f"lm-eval {info_start['lm_eval']}; llm-compressor 0.14.0.1 in its own venv (transformers 5.17, "
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 repeat and small sizes (plumbing check, minutes)")
     ap.add_argument("--only", default="1,2,3,4", help="comma list of benchmarks: 1,2,3,4")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per child process (default 1, or $KICK_BENCH_THREADS); same for both sides")
     ap.add_argument("--results", default=str(BENCH_DIR / "RESULTS.md"), help="where to write the markdown report")
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -124,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"--only: unknown benchmark(s) {bad}; choose from 1,2,3,4")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads is not None:
+        import common
+
+        common.THREADS = args.threads
     info_start = machine_info()
     t0 = time.perf_counter()
     rows: list[Row] = []
@@ -140,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(new_rows)
         print(f"[run_all] benchmark {key} done in {time.perf_counter() - t:.0f}s", file=sys.stderr)
         print(table(new_rows), file=sys.stderr)
+        write_results(Path(args.results), rows, info_start, machine_info(), settings, args.quick,
+                      time.perf_counter() - t0, pending=[k for k in keys if k not in settings and k != key])
     wall = time.perf_counter() - t0
     info_end = machine_info()
     print("\n" + table(rows))

@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--calib", required=True, help=".pt with {'tokens': LongTensor[n, L]}")
     ap.add_argument("--method", required=True, choices=["magnitude", "wanda", "sparsegpt", "gptq"])
     ap.add_argument("--sparsity-type", default="unstructured")
+    ap.add_argument("--groupsize", type=int, default=128, help="GPTQ group size")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N decoder layers (scaling runs)")
     ap.add_argument("--batch-size", type=int, default=0, help="calibration batch size (0: kick's default)")
     ap.add_argument("--save", default="", help="torch.save per-Linear masks (pruning) or weights (gptq) here")
@@ -52,7 +53,7 @@ def main() -> int:
 
     def run():
         if args.method == "gptq":
-            return quantize(model, tokenizer, method="gptq", wbits=4, groupsize=128, sym=False, act_order=False,
+            return quantize(model, tokenizer, method="gptq", wbits=4, groupsize=args.groupsize, sym=False, act_order=False,
                             damp=0.01, blocksize=128, calibration=tokens, **kwargs)
         if args.method == "magnitude":
             return prune(model, tokenizer, method="magnitude", sparsity_type=args.sparsity_type,

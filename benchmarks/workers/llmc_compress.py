@@ -8,8 +8,9 @@ Settings matched to the reference algorithms (see the llm-compressor source in t
 * targets are the DECODER LAYERS by regex (``re:model\\.layers\\.\\d+$``) and ``lm_head`` is ignored: the
   default targets would prune lm_head, and a plain class-name string silently prunes nothing in some versions;
 * SparseGPT: dampening 0.01, block 128, ``mask_structure`` "0:0" (unstructured) or "2:4";
-* GPTQ: 4 bit, group 128, asymmetric (W4A16_ASYM), no activation ordering (``actorder=None``; its default is
-  "static"), dampening 0.01, block 128;
+* GPTQ: 4 bit, asymmetric, group ``--groupsize`` (W4A16_ASYM with the group size replaced; SmolLM2's 576 input
+  columns are not a multiple of 128 and llm-compressor cannot quantize a partial group, so the benchmark uses 64),
+  no activation ordering (``actorder=None``; its default is "static"), dampening 0.01, block 128;
 * sequential pipeline, layer by layer (``sequential_targets`` inferred: the decoder layer class).
 """
 
@@ -34,6 +35,7 @@ def main() -> int:
     ap.add_argument("--calib", required=True, help=".pt with {'tokens': LongTensor[n, L]}")
     ap.add_argument("--method", required=True, choices=["wanda", "sparsegpt", "gptq"])
     ap.add_argument("--sparsity-type", default="unstructured")
+    ap.add_argument("--groupsize", type=int, default=128, help="GPTQ group size")
     ap.add_argument("--save", default="", help="torch.save per-Linear masks (pruning) or weights (gptq) here")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -67,9 +69,13 @@ def main() -> int:
         recipe = SparseGPTModifier(sparsity=0.5, mask_structure=mask, targets=[layer_regex], ignore=["re:.*lm_head"],
                                    dampening_frac=0.01, block_size=128)
     else:
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
         from llmcompressor.modifiers.gptq import GPTQModifier
 
-        recipe = GPTQModifier(targets="Linear", scheme="W4A16_ASYM", ignore=["lm_head"], actorder=None,
+        weights = QuantizationArgs(num_bits=4, type="int", strategy="group", group_size=args.groupsize,
+                                   symmetric=False, dynamic=False)
+        scheme = QuantizationScheme(targets=["Linear"], weights=weights)
+        recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], actorder=None,
                               dampening_frac=0.01, block_size=128)
     rss_load = _rss_mib()
     workdir = tempfile.mkdtemp(prefix="llmc-")
