@@ -383,6 +383,17 @@ def _pyplot():
     return plt
 
 
+def _log_axis(ax, axis: str) -> None:
+    """Log scale with plain numbers (10, 30, 100) instead of overlapping 3x10^1 minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
 def _value(e: Entry, task: str, metric: str, filt: str) -> float | None:
     return _num(e.run.results.get(task, {}).get(f"{metric},{filt}"))
 
@@ -440,7 +451,7 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(f"{metric}" + (" (lower is better)" if is_perplexity(metric) else ""))
         if is_perplexity(metric):
-            ax.set_yscale("log")
+            _log_axis(ax, "y")
         ax.set_title(f"{task}: {metric} vs sparsity")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -460,7 +471,7 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
                            marker="*" if method == "dense" else "o", s=120 if method == "dense" else 40)
                 for x, y, lab in pts:
                     ax.annotate(lab, (x, y), fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xscale("log")
+            _log_axis(ax, "x")
             ax.set_xlabel(f"{ptask} {pmetric} (log)")
             ax.set_ylabel(f"{task} {metric}")
             ax.set_title("perplexity vs knowledge-task score")
@@ -486,7 +497,7 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
             ax.set_xlabel("effective bits per weight (pruned: 16(1-s)+1 mask bit)")
             ax.set_ylabel(metric + (" (log)" if is_perplexity(metric) else ""))
             if is_perplexity(metric):
-                ax.set_yscale("log")
+                _log_axis(ax, "y")
             ax.set_title(f"{task}: quantization vs pruning at equal size")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
