@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "cache_store_s": store_s, "cache_load_s": load_cached_s, "cache_load_cpu_s": load_cached_cpu_s, "cache_entry_mb": size_mb,
             "speedup_cached": compress_s / load_cached_s if load_cached_s else None,
         })
+        print(f"[{method}] {json.dumps(rows[-1])}", flush=True)
 
     print()
     print(f"SmolLM2-135M-Instruct (GGUF -> float32), device {device}, torch {torch.__version__}, "
