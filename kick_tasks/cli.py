@@ -3,6 +3,7 @@
     kick eval ...      exactly ``lm_eval``'s flags, with the kick models and tasks loaded
     kick demo          the README's main job (SmolLM2-135M dense vs Wanda 50%, offline)
     kick judge ...     judge samples files written by --log_samples / --predict_only
+    kick mt-bench ...  MT-Bench turn 2 from the logged turn-1 answers (same model)
     kick sweep ...     a compression grid, resumable, one lm-eval results folder per config
     kick report ...    summary.csv, leaderboard.md and plots over lm-eval results folders
     kick compare ...   dense-relative retention / flips / McNemar between two runs
@@ -17,6 +18,7 @@ SUBCOMMANDS = {
     "eval": ("kick_tasks.cli:run_eval", "run lm_eval with the kick models and tasks loaded"),
     "demo": ("kick_tasks.demo:main", "the README's main job: dense vs Wanda 50% on SmolLM2-135M, offline"),
     "judge": ("kick_tasks.judge.cli:main", "judge --log_samples files with an LLM judge"),
+    "mt-bench": ("kick_tasks.mt_bench:main", "MT-Bench turn 2: continue each conversation with the same model"),
     "sweep": ("kick_tasks.sweep:main", "run a compression grid and evaluate every config"),
     "report": ("kick_tasks.report:main", "summary.csv, leaderboard.md and plots from results folders"),
     "compare": ("kick_tasks.compare:main", "dense-relative retention, flips and McNemar between two runs"),
