@@ -31,6 +31,10 @@ from kick_models.compress.wanda import WandaPruner
 
 logger = logging.getLogger(__name__)
 
+#: Part of every compressed-weights cache key: bump it whenever an algorithm's output changes,
+#: so stale cache entries are never loaded.
+ALGORITHM_VERSION = "kick-compress-1"
+
 ALGORITHMS = {
     "magnitude": MagnitudePruner,
     "wanda": WandaPruner,
