@@ -5,7 +5,7 @@ fewer blocks keep this inside the CPU budget) with calibration tokens nsamples x
 Each point is a fresh child process. Reported:
 
 * time vs tokens: least-squares slope (s per 1k tokens) and R^2 (linear => R^2 close to 1);
-* memory: peak RSS minus RSS after load, against the activation buffers the sequential driver keeps
+* memory: peak RSS during compression (the high-water mark is reset after the model load) minus RSS after load, against the activation buffers the sequential driver keeps
   (inputs + outputs of one block for every sample: ``nsamples * seqlen * hidden * 4 bytes * 2``);
 * an EXTRAPOLATION to LLaMA-7B and LLaMA-70B shapes on one GPU, from per-block FLOPs (see ``extrapolate``).
 """
@@ -68,7 +68,12 @@ def run(layers: int, quick: bool) -> tuple[list[Row], dict]:
             d = res.data
             tokens = nsamples * seqlen
             act = nsamples * seqlen * d["hidden"] * 4 * 2 / 2**20
-            extra = d["rss_peak_mib"] - d["rss_load_mib"]
+            # Peak RSS during compression (VmHWM reset after load) minus RSS with the model loaded; falls back to
+            # ru_maxrss (which the load's own transient peak can mask) where /proc is unavailable.
+            if d.get("hwm_during_compress_mib") is not None:
+                extra = d["hwm_during_compress_mib"] - d["rss_after_load_mib"]
+            else:
+                extra = d["rss_peak_mib"] - d["rss_load_mib"]
             xs.append(tokens)
             ts.append(d["seconds"])
             mem.append(extra)
@@ -101,6 +106,7 @@ def extrapolate(data: dict) -> dict:
     out = {}
     layers_small, hidden_s, inter_s, heads_s, kv_s = SHAPES["SmolLM2-135M"]
     gpu_flops = 100e12  # ASSUMED sustained FLOP/s of one H200 on this work (fp32 statistics, bf16 forward)
+    col_latency = 100e-6  # ASSUMED GPU time per column of the SparseGPT/GPTQ sweep (~10 small kernel launches)
     for method in ("wanda", "sparsegpt"):
         pts = [p for p in data["points"] if p["method"] == method and p["seqlen"] == 512]
         big = max(pts, key=lambda p: p["tokens"])
@@ -108,6 +114,8 @@ def extrapolate(data: dict) -> dict:
         for name in ("LLaMA-7B", "LLaMA-70B"):
             n_layers, hidden, inter, heads, kv = SHAPES[name]
             flops = n_layers * block_flops(hidden, inter, heads, kv, 128 * 2048, 2048, method)
+            sweep_s = n_layers * (6 * hidden + inter) * col_latency if method == "sparsegpt" else 0.0
+            gpu_s = flops / gpu_flops + sweep_s
             act_gib = 128 * 2048 * hidden * 2 * 2 / 2**30  # inputs + outputs, bf16
             head_dim = hidden // heads
             block_params = (2 * hidden * hidden + 2 * kv * head_dim * hidden + 3 * hidden * inter)
@@ -117,9 +125,12 @@ def extrapolate(data: dict) -> dict:
             mem_gib = act_gib + block_params * 2 / 2**30 + hess_gib
             out[f"{name} {method}"] = {
                 "flops": flops, "cpu_flops_per_s": cpu_rate, "gpu_assumed_flops_per_s": gpu_flops,
-                "cpu_hours": flops / cpu_rate / 3600, "gpu_minutes": flops / gpu_flops / 60, "gpu_mem_gib": mem_gib,
-                "text": (f"{flops / 1e15:.1f} PFLOP: ~{flops / gpu_flops / 60:.1f} min on one GPU at an assumed "
-                         f"{gpu_flops / 1e12:.0f} TFLOP/s (this CPU: {cpu_rate / 1e9:.1f} GFLOP/s -> "
+                "cpu_hours": flops / cpu_rate / 3600, "gpu_minutes": gpu_s / 60, "gpu_mem_gib": mem_gib,
+                "text": (f"{flops / 1e15:.1f} PFLOP: ~{gpu_s / 60:.1f} min on one GPU at an assumed "
+                         f"{gpu_flops / 1e12:.0f} TFLOP/s"
+                         + (f" + column sweep {sweep_s / 60:.1f} min at an assumed {col_latency * 1e6:.0f} us/column"
+                            if sweep_s else "")
+                         + f" (this CPU: {cpu_rate / 1e9:.1f} GFLOP/s -> "
                          f"{flops / cpu_rate / 3600:.0f} h); GPU memory ~{mem_gib:.1f} GiB = activations "
                          f"{act_gib:.1f} + one block bf16 {block_params * 2 / 2**30:.2f} + Hessians {hess_gib:.2f} "
                          f"(rest of the model kept off the GPU)"),

@@ -119,6 +119,24 @@ def write_results(path: Path, rows: list[Row], info_start: dict, info_end: dict,
     path.write_text("\n".join(parts) + "\n")
 
 
+def _previous(path: Path, keys: list[str]) -> dict:
+    """Rows of earlier runs (``RESULTS.json``), so that ``--only`` updates a subset and keeps the rest."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _save(path: Path, key: str, rows: list[Row], settings: dict, kept: dict) -> None:
+    import datetime as dt
+
+    kept[key] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                 "rows": [r.__dict__ for r in rows], "settings": settings}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(kept, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 repeat and small sizes (plumbing check, minutes)")
@@ -140,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows: list[Row] = []
     settings: dict = {}
+    kept = _previous(Path(args.results).with_suffix(".json"), keys)
     for key in keys:
         print(f"[run_all] benchmark {key}: {NAMES[key]} ...", file=sys.stderr)
         t = time.perf_counter()
@@ -150,12 +169,18 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             new_rows = [Row(key, f"{NAMES[key]}: FAILED", None, "-", False, f"{type(exc).__name__}: {exc}"[:300])]
         rows.extend(new_rows)
+        _save(Path(args.results).with_suffix(".json"), key, new_rows, settings.get(key, {}), kept)
         print(f"[run_all] benchmark {key} done in {time.perf_counter() - t:.0f}s", file=sys.stderr)
         print(table(new_rows), file=sys.stderr)
         write_results(Path(args.results), rows, info_start, machine_info(), settings, args.quick,
                       time.perf_counter() - t0, pending=[k for k in keys if k not in settings and k != key])
     wall = time.perf_counter() - t0
     info_end = machine_info()
+    for key, entry in kept.items():  # benchmarks not run now: keep their previous rows, labelled with their date
+        if key not in keys and "rows" in entry:
+            rows.extend(Row(**{**r, "detail": f"{r['detail']} [from the run of {entry['date']}]"}) for r in entry["rows"])
+            settings[key] = entry.get("settings", {})
+    rows.sort(key=lambda r: r.benchmark)
     print("\n" + table(rows))
     write_results(Path(args.results), rows, info_start, info_end, settings, args.quick, wall)
     print(f"\nwrote {args.results} ({wall / 60:.1f} min)")

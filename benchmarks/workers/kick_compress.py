@@ -18,6 +18,27 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _status_mib(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc (Linux), in MiB."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the peak-RSS high-water mark (``VmHWM``) so that the compression's own peak can be read (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -47,6 +68,8 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokens = torch.load(args.calib)["tokens"]
     rss_load = _rss_mib()
+    hwm_reset = _reset_hwm()
+    rss_now = _status_mib("VmRSS")  # current RSS with the model loaded (the load's transient peak is gone)
     kwargs = {"progress": False}
     if args.batch_size:
         kwargs["batch_size"] = args.batch_size
@@ -73,6 +96,7 @@ def main() -> int:
         report = run()
     seconds = time.perf_counter() - t0
     rss_peak = _rss_mib()
+    hwm = _status_mib("VmHWM") if hwm_reset else None
 
     if args.save:
         out = {}
@@ -83,7 +107,8 @@ def main() -> int:
         torch.save(out, args.save)
     cfg = model.config
     print(json.dumps({"seconds": seconds, "report_seconds": report.seconds, "rss_load_mib": rss_load,
-                      "rss_peak_mib": rss_peak, "nsamples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]),
+                      "rss_peak_mib": rss_peak,
+                      "rss_after_load_mib": rss_now, "hwm_during_compress_mib": hwm, "nsamples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]),
                       "sparsity": report.measured_sparsity(), "n_layers": len(model.model.layers),
                       "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "saved": args.save}))
     return 0

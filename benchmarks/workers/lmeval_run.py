@@ -1,7 +1,7 @@
 """Run ONE lm-eval evaluation (``simple_evaluate``) in a fresh process; print one JSON line.
 
-``seconds`` = the whole ``simple_evaluate`` call: model load (+ compression or cache load for kick models) and
-the evaluation; ``rss_peak_mib`` = ``ru_maxrss``. With ``--samples OUT.json`` the per-document generations
+``seconds`` = model construction (load + compression or cache load for kick models) + ``simple_evaluate``;
+``model_seconds`` / ``eval_seconds`` split it; ``rss_peak_mib`` = ``ru_maxrss``. With ``--samples OUT.json`` the per-document generations
 (``filtered_resps``) and metrics are written to OUT.json (used to compare per-question correctness).
 """
 
@@ -32,17 +32,22 @@ def main() -> int:
 
     from lm_eval.utils import simple_parse_args_string
 
+    from lm_eval.api.registry import get_model
+
     t0 = time.perf_counter()
     metadata = simple_parse_args_string(args.model_args) | json.loads(args.metadata)  # what the CLI passes tasks
     tm = task_manager(include_defaults=False, metadata=metadata)
+    lm = get_model(args.model).create_from_arg_string(args.model_args, {"batch_size": args.batch_size})
+    t_model = time.perf_counter()
     results = lm_eval.simple_evaluate(
-        model=args.model, model_args=args.model_args, tasks=args.tasks.split(","), limit=args.limit,
-        batch_size=args.batch_size, task_manager=tm,
+        model=lm, tasks=args.tasks.split(","), limit=args.limit, task_manager=tm,
         metadata=json.loads(args.metadata), log_samples=bool(args.samples), bootstrap_iters=0,
     )
     seconds = time.perf_counter() - t0
     out = {
         "seconds": seconds,
+        "model_seconds": t_model - t0,
+        "eval_seconds": time.perf_counter() - t_model,
         "import_seconds": t0 - t_import,
         "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "results": {t: {k: v for k, v in r.items() if isinstance(v, (int, float))} for t, r in results["results"].items()},
