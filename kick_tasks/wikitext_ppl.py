@@ -20,7 +20,7 @@ is ``exp(-sum loglik / sum scored tokens)`` over windows.
 The tokenizer is loaded from the task metadata, which the ``lm_eval`` CLI and
 ``simple_evaluate`` fill with the ``--model_args`` (``pretrained``,
 ``tokenizer``, ``gguf_file``, ``revision``, ``trust_remote_code``,
-``add_bos_token``, ``max_length``). Window length: metadata ``seqlen``
+``add_bos_token``, ``max_length``). Window length: metadata ``ppl_seqlen`` (not ``seqlen``: lm-eval copies model args such as the calibration ``seqlen`` into task metadata)
 (default 2048), capped at the model's maximum length.
 """
 
@@ -187,7 +187,7 @@ def load(**metadata: Any):
     start = time.perf_counter()
     tokenizer = tokenizer_from_metadata(metadata)
     max_length = model_max_length(metadata, tokenizer)
-    seqlen = min(int(metadata.get("seqlen") or DEFAULT_SEQLEN), max_length)
+    seqlen = min(int(metadata.get("ppl_seqlen") or DEFAULT_SEQLEN), max_length)
     docs = build_windows(join_rows(rows), tokenizer, seqlen, _as_bool(metadata.get("add_bos_token")))
     exact = sum(d["tokenization_exact"] for d in docs)
     log.info(

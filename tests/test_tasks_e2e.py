@@ -52,7 +52,7 @@ def test_every_task_runs_from_the_cli_on_fixtures(tiny_llama_dir, tmp_path):
     ]
     results = run_lm_eval(
         ["--model_args", f"pretrained={tiny_llama_dir}", "--tasks", ",".join(tasks), "--limit", "2",
-         "--metadata", json.dumps({"seqlen": 64}), "--log_samples"],
+         "--metadata", json.dumps({"ppl_seqlen": 64}), "--log_samples"],
         FIXTURES, tmp_path / "out", tmp_path,
     )["results"]
     assert set(results) == set(tasks)
@@ -94,7 +94,7 @@ def test_kick_group_python_api(tiny_llama_dir, shared_data, tmp_path):
 
     data = mixed_data_dir(tmp_path / "data", shared_data)
     tm = kick_tasks.task_manager(
-        include_defaults=False, metadata={"data_dir": str(data), "pretrained": str(tiny_llama_dir), "seqlen": 128}
+        include_defaults=False, metadata={"data_dir": str(data), "pretrained": str(tiny_llama_dir), "ppl_seqlen": 128}
     )
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tiny_llama_dir}", tasks=["kick"], limit=1, device="cpu",

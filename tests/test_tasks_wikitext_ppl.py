@@ -40,10 +40,18 @@ def test_windows_cover_the_tokenized_text(tiny):
 
 def test_seqlen_capped_at_model_max_length(tiny):
     path, _, _ = tiny
-    ds = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), seqlen=100_000)
+    ds = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=100_000)
     assert set(ds["test"]["seqlen"]) == {512}  # tiny model: max_position_embeddings = 512
     ds = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), max_length=128)
     assert set(ds["test"]["seqlen"]) == {128}
+
+
+def test_calibration_seqlen_model_arg_does_not_change_windows(tiny):
+    """lm-eval copies --model_args into task metadata: kick-pruned's calibration seqlen must not leak in."""
+    path, _, _ = tiny
+    dense = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=64)
+    pruned = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=64, seqlen=16, method="wanda")
+    assert set(pruned["test"]["seqlen"]) == set(dense["test"]["seqlen"]) == {64}
 
 
 def _direct_perplexity(model, tok, seqlen, contexts):
@@ -69,7 +77,7 @@ def test_lm_eval_token_perplexity_equals_direct_computation(tiny):
     # With an explicit TaskManager the model args are not copied into the task metadata:
     # name the tokenizer source there (the CLI does this by itself, see test_tasks_e2e).
     tm = kick_tasks.task_manager(
-        include_defaults=False, metadata={"data_dir": str(FIXTURES), "seqlen": 64, "pretrained": str(path)}
+        include_defaults=False, metadata={"data_dir": str(FIXTURES), "ppl_seqlen": 64, "pretrained": str(path)}
     )
     out = lm_eval.simple_evaluate(
         model="hf",
