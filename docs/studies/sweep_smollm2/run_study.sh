@@ -50,7 +50,7 @@ nice -n "$NICE" kick sweep \
   --calib c4 --nsamples "$NSAMPLES" --seqlen "$CALIB_SEQLEN" --seed 0 \
   --tasks kick_factoid_qa,kick_wikitext_ppl --batch_size 16 --device cpu \
   -- --samples "$SAMPLES" --apply_chat_template --gen_kwargs "max_gen_toks=$MAX_GEN_TOKS" \
-     --metadata "{\"seqlen\": $PPL_SEQLEN}" || status=$?
+     --metadata "{\"ppl_seqlen\": $PPL_SEQLEN}" || status=$?
 echo "sweep wall time: $(( $(date +%s) - start )) s"
 
 nice -n "$NICE" kick report "$OUT" --out "$HERE/report" --html
