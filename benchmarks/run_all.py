@@ -63,7 +63,7 @@ def table(rows: list[Row]) -> str:
 
 
 def write_results(path: Path, rows: list[Row], info_start: dict, info_end: dict, settings: dict, quick: bool,
-                  wall: float, pending: list[str] | None = None) -> None:
+                  wall: float, pending: list[str] | None = None, only: str = "1,2,3,4") -> None:
     import common
 
     threads = common.THREADS
@@ -75,7 +75,8 @@ def write_results(path: Path, rows: list[Row], info_start: dict, info_end: dict,
     parts = [
         "# kick benchmark results",
         "",
-        f"Produced by `python benchmarks/run_all.py{' --quick' if quick else ''}` in {wall / 60:.1f} min "
+        f"Produced by `python benchmarks/run_all.py{' --quick' if quick else ''}"
+        f"{'' if only == '1,2,3,4' else ' --only ' + only}` in {wall / 60:.1f} min "
         f"on {info_start['date']}. Targets met: {met}, missed: {missed} (rows marked `-` are reported figures)."
         + (f" **Partial: benchmarks {', '.join(pending)} still running.**" if pending else ""),
         "",
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[run_all] benchmark {key} done in {time.perf_counter() - t:.0f}s", file=sys.stderr)
         print(table(new_rows), file=sys.stderr)
         write_results(Path(args.results), rows, info_start, machine_info(), settings, args.quick,
-                      time.perf_counter() - t0, pending=[k for k in keys if k not in settings and k != key])
+                      time.perf_counter() - t0, pending=[k for k in keys if k not in settings and k != key],
+                      only=args.only)
     wall = time.perf_counter() - t0
     info_end = machine_info()
     for key, entry in kept.items():  # benchmarks not run now: keep their previous rows, labelled with their date
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             settings[key] = entry.get("settings", {})
     rows.sort(key=lambda r: r.benchmark)
     print("\n" + table(rows))
-    write_results(Path(args.results), rows, info_start, info_end, settings, args.quick, wall)
+    write_results(Path(args.results), rows, info_start, info_end, settings, args.quick, wall, only=args.only)
     print(f"\nwrote {args.results} ({wall / 60:.1f} min)")
     return 0 if not any(r.met is False and r.value is None for r in rows) else 1
 
