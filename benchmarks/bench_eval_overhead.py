@@ -28,7 +28,7 @@ TARGET = 1.05
 def _cmd(model_name: str, model_args: str, limit: int, seqlen: int) -> list[str]:
     return [sys.executable, str(BENCH_DIR / "workers" / "lmeval_run.py"), "--model", model_name, "--model-args",
             model_args, "--tasks", "kick_wikitext_ppl", "--limit", str(limit), "--batch-size", "4",
-            "--metadata", json.dumps({"seqlen": seqlen})]
+            "--metadata", json.dumps({"ppl_seqlen": seqlen})]
 
 
 def run(limit: int, seqlen: int, repeats: int, nsamples: int = 4, calib_seqlen: int = 128) -> list[Row]:

@@ -21,7 +21,7 @@ def main() -> int:
     ap.add_argument("--tasks", required=True)
     ap.add_argument("--limit", type=float, default=None)
     ap.add_argument("--batch-size", default="16")
-    ap.add_argument("--metadata", default="{}", help="JSON task metadata, e.g. '{\"seqlen\": 512}'")
+    ap.add_argument("--metadata", default="{}", help="JSON task metadata, e.g. '{\"ppl_seqlen\": 512}'")
     ap.add_argument("--samples", default="", help="write per-document outputs here (JSON)")
     args = ap.parse_args()
 
