@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: Part of every compressed-weights cache key: bump it whenever an algorithm's output changes,
 #: so stale cache entries are never loaded.
-ALGORITHM_VERSION = "kick-compress-1"
+ALGORITHM_VERSION = "kick-compress-2"  # 2: reference "<= threshold" rule (SparseGPT, magnitude)
 
 ALGORITHMS = {
     "magnitude": MagnitudePruner,

@@ -95,13 +95,17 @@ def test_prune_every_family_leaves_embeddings_and_lm_head(family, method, tok):
     after = untouched_params(model)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert report.measured_sparsity() == pytest.approx(0.5, abs=1e-9)
     _, layers = find_decoder_layers(model)
     assert len(report.layers) == sum(len(linear_modules(layer)) for layer in layers)
-    assert all(s.name.startswith("model.layers.") and s.sparsity == pytest.approx(0.5) for s in report.layers)
+    assert all(s.name.startswith("model.layers.") for s in report.layers)
+    if method == "wanda":  # per row, exactly int(cols * s)
+        assert report.measured_sparsity() == pytest.approx(0.5, abs=1e-9)
+        assert all(s.sparsity == pytest.approx(0.5) for s in report.layers)
+    else:  # reference "<= threshold" rule: one more weight (plus float ties) per matrix / per 128-column block
+        assert all(0.5 < s.sparsity <= 0.5 + 0.01 for s in report.layers)
     summary = report.summary()
     json.dumps(summary)
-    assert summary["block_sparsity"]["min"] == pytest.approx(0.5) and summary["n_layers"] == len(report.layers)
+    assert summary["block_sparsity"]["min"] >= 0.5 and summary["n_layers"] == len(report.layers)
     assert (summary["calibration_fingerprint"] is None) == (method == "magnitude")
     with torch.no_grad():
         assert torch.isfinite(model(calib(tok, n=2)).logits).all()
@@ -158,7 +162,7 @@ def test_bf16_model(tok):
             report = quantize(model, tok, wbits=4, groupsize=32, calibration=calib(tok), progress=False)
         else:
             report = prune(model, tok, method=method, calibration=calib(tok), progress=False)
-            assert report.measured_sparsity() == pytest.approx(0.5)
+            assert 0.5 <= report.measured_sparsity() <= 0.51
         assert all(p.dtype == torch.bfloat16 for p in model.parameters())
         with torch.no_grad():
             assert torch.isfinite(model(calib(tok, n=2)).logits.float()).all()

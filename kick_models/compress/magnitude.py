@@ -10,15 +10,16 @@ from torch import nn
 
 from kick_models.compress.base import LayerStats
 from kick_models.compress.config import PruneConfig
-from kick_models.compress.nm import count_zeros, lowest_k_mask, nm_mask
+from kick_models.compress.nm import count_zeros, nm_mask, threshold_mask
 
 
 class MagnitudePruner:
-    """Zero the smallest ``|W|``: one threshold per matrix (exactly ``int(numel * sparsity)`` weights), or,
-    for N:M, the N smallest in each group of M consecutive inputs of each row.
+    """Zero the smallest ``|W|``: one threshold per matrix, or, for N:M, the N smallest in each group of M
+    consecutive inputs of each row.
 
-    Deviation from the reference: it prunes ``|W| <= sorted[k]`` (k + 1 weights, more with ties); this
-    prunes exactly k, so the measured sparsity equals the requested one.
+    Unstructured follows the reference exactly: ``|W| <= sort(|W|.flatten())[int(numel * sparsity)]``, so
+    ``int(numel * sparsity) + 1`` weights plus ties are pruned (the measured sparsity is slightly above
+    the requested one).
     """
 
     needs_calibration: ClassVar[bool] = False
@@ -39,7 +40,7 @@ class MagnitudePruner:
         if nm is not None:
             mask = nm_mask(metric, *nm)
         else:
-            mask = lowest_k_mask(metric, int(W.numel() * self.config.sparsity))
+            mask = threshold_mask(metric, self.config.sparsity)
         W[mask] = 0
         return LayerStats(numel=W.numel(), zeros=count_zeros(W), seconds=time.perf_counter() - start)
 

@@ -1,4 +1,4 @@
-"""Shared mask helpers: N:M masks and exact-count unstructured masks (pure tensor code)."""
+"""Shared mask helpers: N:M masks, the reference threshold rule and exact-count per-row masks (pure tensor code)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,20 @@ def _lowest_k_rows(score: torch.Tensor, k: int) -> torch.Tensor:
     return below | (ties & (torch.cumsum(ties, dim=1) <= need))
 
 
-def lowest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask (True = prune) of exactly the ``k`` lowest entries of ``score`` (over the whole tensor)."""
-    return _lowest_k_rows(score.reshape(1, -1), k).reshape(score.shape)
+def threshold_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask (True = prune) by the reference rule over the whole tensor:
+    ``thresh = sort(score.flatten())[int(numel * sparsity)]; mask = score <= thresh``.
+
+    This is what IST-DASLab SparseGPT (per block) and the Wanda repository's magnitude pruning (per
+    matrix) do: it prunes ``int(numel * sparsity) + 1`` entries plus any ties with the threshold.
+    ``kthvalue`` gives the same value as the sort, in O(n).
+    """
+    flat = score.reshape(-1)
+    k = int(flat.numel() * sparsity)
+    if k >= flat.numel():  # the reference would index past the end; prune everything
+        return torch.ones_like(score, dtype=torch.bool)
+    thresh = torch.kthvalue(flat, k + 1).values
+    return score <= thresh
 
 
 def row_lowest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,16 +11,16 @@ from torch import nn
 from kick_models.compress.base import LayerStats
 from kick_models.compress.config import PruneConfig
 from kick_models.compress.hessian import HessianAccumulator, dead_inputs, inverse_cholesky_upper
-from kick_models.compress.nm import count_zeros, lowest_k_mask
+from kick_models.compress.nm import count_zeros, threshold_mask
 
 
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
                     blocksize: int = 128, damp: float = 0.01, name: str = "") -> tuple[torch.Tensor, float]:
     """Prune the float32 matrix ``W`` (rows x columns) with Hessian ``H``; returns (pruned W, loss).
 
-    Unstructured: per block of ``blocksize`` columns, prune exactly ``int(rows * count * sparsity)``
-    weights with the lowest ``w^2 / diag(Hinv)^2`` (the reference's ``<=`` threshold prunes one more
-    weight plus ties). N:M: at each block column ``i % M == 0`` pick, per row, the N lowest scores of
+    Unstructured: per block of ``blocksize`` columns, the reference rule over the whole rows x count
+    block of ``w^2 / diag(Hinv)^2``: ``mask = score <= sort(score.flatten())[int(numel * sparsity)]``
+    (``int(numel * sparsity) + 1`` weights plus ties, as IST-DASLab SparseGPT). N:M: at each block column ``i % M == 0`` pick, per row, the N lowest scores of
     the next M columns from the already-updated weights.
     """
     W = W.clone()
@@ -41,7 +41,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
         d_block = torch.diag(Hinv1)
         if nm is None:
             score = W1 ** 2 / d_block.reshape(1, -1) ** 2
-            mask1 = lowest_k_mask(score, int(score.numel() * sparsity))
+            mask1 = threshold_mask(score, sparsity)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
             n, m = nm
