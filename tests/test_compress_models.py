@@ -255,3 +255,52 @@ def test_pruned_model_evaluates_with_lm_eval_hflm(tok):
     rolling = lm.loglikelihood_rolling(requests[1:])[0]
     assert ll < 0 and rolling < 0 and isinstance(greedy, bool)
     assert lm.model is model and (model.model.layers[0].mlp.up_proj.weight == 0).float().mean() == 0.5
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "gptq"])
+def test_shared_input_statistics_are_bit_identical_to_one_accumulation_per_linear(method, tok):
+    """q/k/v and gate/up get ONE Hessian / norm accumulation; the compressed weights do not change at all."""
+    from kick_models.api import ALGORITHMS
+    from kick_models.compress.config import QuantConfig
+    from kick_models.compress.sequential import compress_layers
+
+    config = QuantConfig(wbits=4, groupsize=32) if method == "gptq" else PruneConfig(method)
+    tokens = calib(tok, n=6)
+    results = []
+    for share in (True, False):
+        model = model_for("llama", tok)
+        compress_layers(model, lambda lin: ALGORITHMS[method](lin, config), needs_calibration=True, tokens=tokens,
+                        batch_size=4, progress=False, share_inputs=share)
+        results.append(dict(model.named_parameters()))
+    for name, p in results[0].items():
+        assert torch.equal(p, results[1][name]), name
+
+
+def test_collect_groups_linears_by_identical_input(tok):
+    from kick_models.compress.sequential import _collect
+    from kick_models.compress.sparsegpt import SparseGPTPruner
+
+    model = model_for("llama", tok)
+    path, layers = find_decoder_layers(model)
+    tokens = calib(tok, n=4)
+    with torch.no_grad():
+        inps, calls = capture_inputs(model, layers, path, list(torch.split(tokens, 2)), torch.device("cpu"))
+        linears = linear_modules(layers[0])
+        comps = {n: SparseGPTPruner(lin, PruneConfig("sparsegpt")) for n, lin in linears.items()}
+        fed = dict.fromkeys(comps, 0)
+        for n, c in comps.items():
+            original = c.add_batch
+            c.add_batch = lambda x, n=n, original=original: (fed.__setitem__(n, fed[n] + 1), original(x))
+        leaders = _collect(layers[0], comps, linears, inps, calls[0], "model.layers.0")
+        # the same statistic, accumulated once, equals a separate accumulation of k_proj's own inputs
+        alone = SparseGPTPruner(linears["self_attn.k_proj"], PruneConfig("sparsegpt"))
+        _collect(layers[0], {"self_attn.k_proj": alone}, {"self_attn.k_proj": linears["self_attn.k_proj"]}, inps,
+                 calls[0], "model.layers.0")
+    assert leaders == {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
+                       "mlp.up_proj": "mlp.gate_proj"}
+    assert comps["self_attn.v_proj"].hessian is comps["self_attn.q_proj"].hessian
+    assert comps["mlp.up_proj"].hessian is comps["mlp.gate_proj"].hessian
+    assert comps["mlp.down_proj"].hessian is not comps["mlp.gate_proj"].hessian
+    assert fed == {"self_attn.q_proj": 2, "self_attn.k_proj": 0, "self_attn.v_proj": 0, "self_attn.o_proj": 2,
+                   "mlp.gate_proj": 2, "mlp.up_proj": 0, "mlp.down_proj": 2}
+    assert torch.equal(alone.hessian.H, comps["self_attn.k_proj"].hessian.H)

@@ -9,6 +9,11 @@ Pure tensor code, no model or I/O knowledge (IST-DASLab style):
 
 Algorithms without calibration (magnitude, RTN) set ``needs_calibration = False``;
 the sequential driver then skips the forward passes for statistics.
+
+Optional: ``comp.share_statistics_from(other)`` makes ``comp`` use ``other``'s accumulated statistic
+(same class, same input). The driver calls it for Linears that receive the very same input tensor
+(q/k/v, gate/up), which are then fed to ONE accumulator only; ``compress`` must not modify the
+shared statistic in place (clone it first) and ``free`` must only drop the reference.
 """
 
 from __future__ import annotations

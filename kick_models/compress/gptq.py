@@ -129,5 +129,9 @@ class GPTQQuantizer:
                           error=loss, bits_per_weight=bits_per_weight(c.wbits, rows, columns, c.groupsize),
                           quant_params=params)
 
+    def share_statistics_from(self, other: "GPTQQuantizer") -> None:
+        """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""
+        self.hessian = other.hessian
+
     def free(self) -> None:
-        self.hessian.free()
+        self.hessian = None  # drop the reference only: a sibling Linear may share the accumulator

@@ -8,7 +8,8 @@
    (so ``lm_head`` never runs). Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window
    layers a different mask (and Gemma 3 different rotary embeddings) than global ones.
 3. For each layer: move it to the compute device, hook every ``nn.Linear`` (forward hooks feed the
-   algorithm's ``add_batch``), run all batches, compress every Linear, free the statistics, re-run
+   algorithm's ``add_batch``; Linears fed the same input tensor, such as q/k/v, share ONE
+   accumulation), run all batches, compress every Linear, free the statistics, re-run
    the compressed layer to produce the next layer's inputs, move the layer back.
 
 Algorithms without calibration (magnitude, RTN) skip steps 2-3's forward passes entirely.
@@ -228,28 +229,62 @@ def _true_sequential_groups(layer: nn.Module, linears: dict[str, nn.Linear], inp
     return groups
 
 
+def _can_share(a: LayerCompressor, b: LayerCompressor) -> bool:
+    return type(a) is type(b) and hasattr(a, "share_statistics_from")
+
+
 def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears: dict[str, nn.Linear],
-             inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str) -> None:
-    """Run all batches through ``layer`` feeding the inputs of the hooked Linears to their compressors."""
+             inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str, share_inputs: bool = True) -> dict[str, str]:
+    """Run all batches through ``layer`` feeding the inputs of the hooked Linears to their compressors.
+
+    With ``share_inputs``, Linears whose forward hooks receive the very same input tensor object in
+    the first batch (q/k/v after the attention norm, gate/up after the MLP norm) form a group: only
+    the first Linear of the group accumulates, the others then share its statistic
+    (``share_statistics_from``). The arithmetic is the same, so the result is bit-identical to one
+    accumulation per Linear. Returns ``{follower: leader}``.
+    """
     counts = dict.fromkeys(compressors, 0)
+    leader_of: dict[str, str] = {}
+    seen: list[tuple[torch.Tensor, str]] = []  # this batch's distinct inputs, with the Linear that accumulated each
+    first = [True]
 
     def hook(name: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
-            compressors[name].add_batch(args[0].detach())
+            x = args[0]
             counts[name] += 1
+            if share_inputs:
+                leader = next((n for t, n in seen if t is x), None)
+                if first[0] and leader is not None and leader != name and _can_share(compressors[name], compressors[leader]):
+                    leader_of[name] = leader
+                if name in leader_of:
+                    if leader != leader_of[name]:
+                        raise RuntimeError(f"{prefix}.{name} received the same input as {prefix}.{leader_of[name]} in "
+                                           f"the first calibration batch but not in a later one; cannot share "
+                                           f"statistics (compress_layers(share_inputs=False) avoids this).")
+                    return
+                if leader is None:
+                    seen.append((x, name))
+            compressors[name].add_batch(x.detach())
 
         return fn
 
     handles = [linears[name].register_forward_hook(hook(name)) for name in compressors]
     try:
-        _run_layer(layer, inps, calls)
+        for x, (rest, kwargs) in zip(inps, calls):
+            seen.clear()
+            layer(x, *rest, **kwargs)
+            first[0] = False
     finally:
+        seen.clear()
         for h in handles:
             h.remove()
     idle = [f"{prefix}.{n}" for n, c in counts.items() if c == 0]
     if idle:
         raise RuntimeError(f"Linear(s) {', '.join(idle)} received no calibration inputs in the layer's forward pass; "
                            f"they cannot be compressed with a calibration-based method.")
+    for follower, leader in leader_of.items():
+        compressors[follower].share_statistics_from(compressors[leader])
+    return leader_of
 
 
 def check_nm_widths(model: nn.Module, layers: nn.ModuleList, layers_path: str, m: int) -> None:
@@ -264,8 +299,12 @@ def check_nm_widths(model: nn.Module, layers: nn.ModuleList, layers_path: str, m
 @torch.no_grad()
 def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], LayerCompressor], needs_calibration: bool,
                     tokens: torch.Tensor | None = None, device: torch.device | None = None, batch_size: int | None = None,
-                    true_sequential: bool = False, progress: bool = True, desc: str = "compress") -> list[LayerStats]:
-    """Compress every Linear of every decoder block, layer by layer; return one LayerStats per Linear."""
+                    true_sequential: bool = False, progress: bool = True, desc: str = "compress",
+                    share_inputs: bool = True) -> list[LayerStats]:
+    """Compress every Linear of every decoder block, layer by layer; return one LayerStats per Linear.
+
+    ``share_inputs``: Linears fed the same input tensor share one statistic accumulation (see ``_collect``).
+    """
     layers_path, layers = find_decoder_layers(model)
     device = torch.device(device) if device is not None else _module_device(model)
     was_training = model.training
@@ -303,7 +342,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                     if hasattr(comp, "name"):
                         comp.name = f"{prefix}.{name}"
                 if needs_calibration:
-                    _collect(layer, compressors, linears, inps, calls[index], prefix)
+                    _collect(layer, compressors, linears, inps, calls[index], prefix, share_inputs)
                 for name, comp in compressors.items():
                     s = comp.compress()
                     s.name, s.block = f"{prefix}.{name}", index

@@ -88,5 +88,9 @@ class SparseGPTPruner:
         return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
                           error=loss)
 
+    def share_statistics_from(self, other: "SparseGPTPruner") -> None:
+        """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""
+        self.hessian = other.hessian
+
     def free(self) -> None:
-        self.hessian.free()
+        self.hessian = None  # drop the reference only: a sibling Linear may share the accumulator

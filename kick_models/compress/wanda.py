@@ -45,6 +45,21 @@ def wanda_variant_mask(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask
 
 
+class InputNormAccumulator:
+    """Running mean over sequences of the squared L2 norm of each input feature (the Wanda repository's ``scaler_row``)."""
+
+    def __init__(self, columns: int, device: torch.device) -> None:
+        self.scaler_row = torch.zeros(columns, device=device, dtype=torch.float32)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        count = inp.shape[0] if inp.dim() >= 3 else 1
+        x = inp.reshape(-1, inp.shape[-1]).to(device=self.scaler_row.device, dtype=torch.float32)
+        self.scaler_row *= self.nsamples / (self.nsamples + count)
+        self.nsamples += count
+        self.scaler_row += torch.norm(x, p=2, dim=0) ** 2 / self.nsamples
+
+
 class WandaPruner:
     """Per-output-row Wanda pruning (unstructured, N:M, or the ``use_variant`` appendix rule)."""
 
@@ -54,16 +69,18 @@ class WandaPruner:
         self.layer = layer
         self.config = config
         self.columns = layer.weight.shape[1]
-        self.scaler_row: torch.Tensor | None = torch.zeros(self.columns, device=layer.weight.device, dtype=torch.float32)
-        self.nsamples = 0
+        self.norms: InputNormAccumulator | None = InputNormAccumulator(self.columns, layer.weight.device)
+
+    @property
+    def scaler_row(self) -> torch.Tensor:
+        return self.norms.scaler_row
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        """Running mean over sequences of the squared L2 norm of each input feature."""
-        count = inp.shape[0] if inp.dim() >= 3 else 1
-        x = inp.reshape(-1, inp.shape[-1]).to(device=self.scaler_row.device, dtype=torch.float32)
-        self.scaler_row *= self.nsamples / (self.nsamples + count)
-        self.nsamples += count
-        self.scaler_row += torch.norm(x, p=2, dim=0) ** 2 / self.nsamples
+        self.norms.add_batch(inp)
+
+    def share_statistics_from(self, other: "WandaPruner") -> None:
+        """Use ``other``'s input norms (same input tensor); they are only read."""
+        self.norms = other.norms
 
     def metric(self) -> torch.Tensor:
         return self.layer.weight.data.abs().float() * torch.sqrt(self.scaler_row.reshape(1, -1))
@@ -84,4 +101,4 @@ class WandaPruner:
         return LayerStats(numel=W.numel(), zeros=count_zeros(W), seconds=time.perf_counter() - start)
 
     def free(self) -> None:
-        self.scaler_row = None
+        self.norms = None  # drop the reference only: a sibling Linear may share the accumulator
