@@ -199,7 +199,73 @@ def test_sparsegpt_equals_the_reference_fasterprune():
     run(SparseGPTPruner, prune_cfg("sparsegpt", sparsity=0.5), layer, x)
     got = layer.weight.detach()
     assert torch.equal(got == 0, expected == 0)
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, expected)  # the transposed, in-place column sweep does the same float operations
+    assert not torch.signbit(got[got == 0]).any()  # +0.0 like the reference's q[mask] = 0, not -0.0
+
+
+def reference_fasterquant(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int, blocksize: int = 128,
+                          percdamp: float = 0.01) -> tuple[torch.Tensor, float]:
+    """IST-DASLab GPTQ ``fasterquant`` (asymmetric, no act-order), transcribed inline as published; (Q, loss)."""
+    from kick_models.compress.quantizer import find_params
+
+    maxq = 2 ** bits - 1
+
+    def quantize(x, scale, zero):
+        q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
+        return scale * (q - zero)
+
+    W = W.clone().float()
+    H = H.clone()
+    rows, columns = W.shape
+    scale, zero = find_params(W, bits, False)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    Losses = torch.zeros_like(W)
+    Q = torch.zeros_like(W)
+    diag = torch.arange(columns)
+    H[diag, diag] += percdamp * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Losses1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if groupsize != -1 and (i1 + i) % groupsize == 0:
+                scale, zero = find_params(W[:, (i1 + i):(i1 + i + groupsize)], bits, False)
+            q = quantize(w.unsqueeze(1), scale, zero).flatten()
+            Q1[:, i] = q
+            Losses1[:, i] = (w - q) ** 2 / d ** 2
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        Losses[:, i1:i2] = Losses1 / 2
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return Q, float(torch.sum(Losses).item())
+
+
+@pytest.mark.parametrize("bits, groupsize", [(4, 64), (3, -1)])
+def test_gptq_equals_the_reference_fasterquant(bits, groupsize):
+    from kick_models.compress.hessian import HessianAccumulator
+
+    x = make_inputs()
+    x[..., :3] = 0
+    W0 = make_layer().weight.detach().clone()
+    acc = HessianAccumulator(IN, torch.device("cpu"))
+    for chunk in torch.split(x, 2):
+        acc.add_batch(chunk)
+    expected, expected_loss = reference_fasterquant(W0, acc.H, bits, groupsize)
+    Q, _, loss = gptq_quantize(W0, acc.H, bits=bits, groupsize=groupsize)
+    assert torch.equal(Q, expected)
+    # the loss is summed from the error vector (err^2 rather than (w - q)^2 / d^2): float rounding only
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
 
 
 def test_sparsegpt_per_block_sparsity_and_lower_error_than_magnitude_and_wanda():

@@ -49,40 +49,40 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
         H = H[perm][:, perm]
     Hinv = inverse_cholesky_upper(H, damp, name)
     Q = torch.zeros_like(W)
-    losses = torch.zeros_like(W)
+    loss = torch.zeros((), dtype=W.dtype, device=W.device)
     dyn_scales: list[torch.Tensor] = []
     dyn_zeros: list[torch.Tensor] = []
+    scale_row, zero_row = scale.flatten(), zero.flatten()
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Losses1 = torch.zeros_like(W1)
+        # Swept transposed (one contiguous row per column): the same float operations per element as the
+        # reference's column loop, so the result is bit-identical.
+        W1T = W[:, i1:i2].t().contiguous()
+        Q1T = torch.empty_like(W1T)
+        Err1T = torch.empty_like(W1T)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
+            w = W1T[i]
             if groupsize != -1:
                 if not static_groups:
                     if (i1 + i) % groupsize == 0:
                         scale, zero = find_params(W[:, i1 + i:i1 + i + groupsize], bits, sym)
-                        dyn_scales.append(scale.flatten())
-                        dyn_zeros.append(zero.flatten())
+                        scale_row, zero_row = scale.flatten(), zero.flatten()
+                        dyn_scales.append(scale_row)
+                        dyn_zeros.append(zero_row)
                 else:
                     idx = i1 + i
                     if act_order:
                         idx = int(perm[idx])
                     scale, zero = static[idx // groupsize]
-            q = quantize(w.unsqueeze(1), scale, zero, maxq).flatten()
-            Q1[:, i] = q
-            Losses1[:, i] = (w - q) ** 2 / d ** 2
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        Q[:, i1:i2] = Q1
-        losses[:, i1:i2] = Losses1 / 2
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+                    scale_row, zero_row = scale.flatten(), zero.flatten()
+            q = quantize(w, scale_row, zero_row, maxq, out=Q1T[i])
+            err1 = torch.div(w - q, Hinv1[i, i], out=Err1T[i])
+            W1T[i:].sub_(Hinv1[i, i:].unsqueeze(1) * err1)
+        Q[:, i1:i2] = Q1T.t()
+        loss += torch.sum(Err1T ** 2) / 2  # err1 = (w - q) / d: the reference's (w - q)^2 / d^2 per weight
+        W[:, i2:] -= Err1T.t().contiguous().matmul(Hinv[i1:i2, i2:])
     if act_order:
         Q = Q[:, invperm]
     position = torch.arange(columns, device=W.device)
@@ -99,7 +99,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
         if act_order:
             g_idx = g_idx[invperm]  # original column j sat at permuted position invperm[j]
     params = {"scales": scales.float().cpu(), "zeros": zeros.float().cpu(), "g_idx": g_idx.cpu()}
-    return Q, params, float(losses.sum().item())
+    return Q, params, float(loss.item())
 
 
 class GPTQQuantizer:

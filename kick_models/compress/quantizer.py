@@ -37,10 +37,12 @@ def find_params(x: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, to
     return scale.reshape(-1, 1), zero.reshape(-1, 1)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """Quantize-dequantize ``x`` (broadcasting ``scale``/``zero`` of shape ``[rows, 1]``)."""
-    q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
-    return scale * (q - zero)
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize-dequantize ``x`` (broadcasting ``scale``/``zero``, e.g. ``[rows, 1]`` for a matrix, ``[rows]``
+    for one column); into ``out`` when given (no temporaries: the GPTQ column loop)."""
+    q = torch.div(x, scale) if out is None else torch.div(x, scale, out=out)
+    return q.round_().add_(zero).clamp_(0, maxq).sub_(zero).mul_(scale)
 
 
 def group_starts(columns: int, groupsize: int) -> list[int]:

@@ -29,39 +29,35 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
     W[:, dead] = 0
     rows, columns = W.shape
     Hinv = inverse_cholesky_upper(H, damp, name)
-    losses = torch.zeros(rows, device=W.device)
+    loss = torch.zeros((), dtype=W.dtype, device=W.device)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Losses1 = torch.zeros_like(W1)
+        # The block is swept transposed (one contiguous row per column); every element sees the same
+        # float operations as the reference's column loop, so the result is bit-identical.
+        W1T = W[:, i1:i2].t().contiguous()
+        Q1T = torch.empty_like(W1T)
+        Err1T = torch.empty_like(W1T)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d_block = torch.diag(Hinv1)
         if nm is None:
-            score = W1 ** 2 / d_block.reshape(1, -1) ** 2
-            mask1 = threshold_mask(score, sparsity)
+            score = W1T.t() ** 2 / d_block.reshape(1, -1) ** 2
+            keep1T = (~threshold_mask(score, sparsity)).t().to(W.dtype)
         else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            keep1T = torch.ones_like(W1T)
             n, m = nm
         for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
+            w = W1T[i]
             if nm is not None and i % m == 0:
-                score = W1[:, i:i + m] ** 2 / d_block[i:i + m].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(score, n, dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            Losses1[:, i] = (w - q) ** 2 / d ** 2
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        losses += torch.sum(Losses1, 1) / 2
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    return W, float(losses.sum().item())
+                score = W1T[i:i + m] ** 2 / d_block[i:i + m].reshape(-1, 1) ** 2
+                keep1T[i:i + m].scatter_(0, torch.topk(score, n, dim=0, largest=False)[1], 0.0)
+            q = torch.mul(w, keep1T[i], out=Q1T[i])
+            err1 = torch.div(w - q, Hinv1[i, i], out=Err1T[i])
+            W1T[i:].sub_(Hinv1[i, i:].unsqueeze(1) * err1)
+        W[:, i1:i2] = Q1T.add_(0.0).t()  # w * 0 is -0.0 for negative w; + 0.0 makes it +0.0 as in the reference
+        loss += torch.sum(Err1T ** 2) / 2  # err1 = (w - q) / d: the reference's (w - q)^2 / d^2 per weight
+        W[:, i2:] -= Err1T.t().contiguous().matmul(Hinv[i1:i2, i2:])
+    return W, float(loss.item())
 
 
 class SparseGPTPruner:
