@@ -20,8 +20,9 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
 
     Unstructured: per block of ``blocksize`` columns, the reference rule over the whole rows x count
     block of ``w^2 / diag(Hinv)^2``: ``mask = score <= sort(score.flatten())[int(numel * sparsity)]``
-    (``int(numel * sparsity) + 1`` weights plus ties, as IST-DASLab SparseGPT). N:M: at each block column ``i % M == 0`` pick, per row, the N lowest scores of
-    the next M columns from the already-updated weights.
+    (``int(numel * sparsity) + 1`` weights plus ties, as IST-DASLab SparseGPT). N:M: at each block
+    column ``i % M == 0`` pick, per row, the N lowest scores of the next M columns from the
+    already-updated weights. The loss is ``sum(err^2) / 2`` with ``err = (w - q) / Hinv_ii``.
     """
     W = W.clone()
     H = H.clone()
