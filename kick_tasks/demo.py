@@ -107,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     rc = report.main([str(sweep_dir), "--out", str(report_dir), "--html"])
     if rc:
         return rc
-    leaderboard = report_dir / "leaderboard.md"
-    if leaderboard.is_file():
-        print("\n" + leaderboard.read_text())
     print(f"kick demo: lm-eval results in {sweep_dir}/, report (CSV, plots, HTML) in {report_dir}/")
     return 0
 
