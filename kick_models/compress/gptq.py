@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 import torch
-from torch import nn
 
 from kick_models.compress.base import LayerStats
-from kick_models.compress.config import QuantConfig
-from kick_models.compress.hessian import HessianAccumulator, dead_inputs, inverse_cholesky_upper
+from kick_models.compress.hessian import HessianStatistics, dead_inputs, inverse_cholesky_upper
 from kick_models.compress.nm import count_zeros
 from kick_models.compress.quantizer import bits_per_weight, find_params, maxq_for, quantize
 
@@ -102,19 +99,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
     return Q, params, float(loss.item())
 
 
-class GPTQQuantizer:
+class GPTQQuantizer(HessianStatistics):
     """One Linear: accumulate H over calibration inputs, then GPTQ fake quantization in place."""
-
-    needs_calibration: ClassVar[bool] = True
-
-    def __init__(self, layer: nn.Linear, config: QuantConfig) -> None:
-        self.layer = layer
-        self.config = config
-        self.name = ""
-        self.hessian = HessianAccumulator(layer.weight.shape[1], layer.weight.device)
-
-    def add_batch(self, inp: torch.Tensor) -> None:
-        self.hessian.add_batch(inp)
 
     @torch.no_grad()
     def compress(self) -> LayerStats:
@@ -128,10 +114,3 @@ class GPTQQuantizer:
         return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
                           error=loss, bits_per_weight=bits_per_weight(c.wbits, rows, columns, c.groupsize),
                           quant_params=params)
-
-    def share_statistics_from(self, other: "GPTQQuantizer") -> None:
-        """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""
-        self.hessian = other.hessian
-
-    def free(self) -> None:
-        self.hessian = None  # drop the reference only: a sibling Linear may share the accumulator

@@ -58,3 +58,29 @@ def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "") -> torc
             return torch.linalg.cholesky(Hinv, upper=True)
     raise RuntimeError(f"{name}: the Hessian is not positive definite even with damp={damp * 10 ** 4:g}; "
                        f"check the calibration data (NaN/inf activations?).")
+
+
+class HessianStatistics:
+    """Calibration half of the protocol for algorithms driven by ``H`` (SparseGPT, GPTQ).
+
+    Subclasses implement ``compress()``; they must clone ``self.hessian.H`` before modifying it,
+    because Linears fed the same input tensor (q/k/v, gate/up) share one accumulator.
+    """
+
+    needs_calibration = True
+
+    def __init__(self, layer, config) -> None:
+        self.layer = layer
+        self.config = config
+        self.name = ""
+        self.hessian: HessianAccumulator | None = HessianAccumulator(layer.weight.shape[1], layer.weight.device)
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        self.hessian.add_batch(inp)
+
+    def share_statistics_from(self, other: "HessianStatistics") -> None:
+        """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""
+        self.hessian = other.hessian
+
+    def free(self) -> None:
+        self.hessian = None  # drop the reference only: a sibling Linear may share the accumulator

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 import torch
-from torch import nn
 
 from kick_models.compress.base import LayerStats
-from kick_models.compress.config import PruneConfig
-from kick_models.compress.hessian import HessianAccumulator, dead_inputs, inverse_cholesky_upper
+from kick_models.compress.hessian import HessianStatistics, dead_inputs, inverse_cholesky_upper
 from kick_models.compress.nm import count_zeros, threshold_mask
 
 
@@ -61,19 +58,8 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
     return W, float(loss.item())
 
 
-class SparseGPTPruner:
+class SparseGPTPruner(HessianStatistics):
     """One Linear: accumulate H over calibration inputs, then prune with OBS weight updates."""
-
-    needs_calibration: ClassVar[bool] = True
-
-    def __init__(self, layer: nn.Linear, config: PruneConfig) -> None:
-        self.layer = layer
-        self.config = config
-        self.name = ""
-        self.hessian = HessianAccumulator(layer.weight.shape[1], layer.weight.device)
-
-    def add_batch(self, inp: torch.Tensor) -> None:
-        self.hessian.add_batch(inp)
 
     @torch.no_grad()
     def compress(self) -> LayerStats:
@@ -84,10 +70,3 @@ class SparseGPTPruner:
         weight.data.copy_(W.to(weight.dtype))
         return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
                           error=loss)
-
-    def share_statistics_from(self, other: "SparseGPTPruner") -> None:
-        """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""
-        self.hessian = other.hessian
-
-    def free(self) -> None:
-        self.hessian = None  # drop the reference only: a sibling Linear may share the accumulator
