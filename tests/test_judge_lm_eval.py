@@ -50,7 +50,7 @@ def test_no_judge_reports_judge_free_metrics(no_judge_run):
         for metric in ("rouge1", "rouge2", "rougeL", "words", "empty_rate"):
             assert 0.0 <= results[task][f"{metric},none"] < 1e6
     for task in ("kick_instruction_following", "kick_mt_bench"):
-        assert f"words,none" in results[task] and "empty_rate,none" in results[task]
+        assert "words,none" in results[task] and "empty_rate,none" in results[task]
     assert not [k for t in MY_TASKS for k in results[t] if k.startswith("judge_")]
     assert "No LLM judge configured" in result.stderr + result.stdout
     samples = list(out.rglob("samples_*.jsonl"))

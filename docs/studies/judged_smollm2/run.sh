@@ -29,7 +29,7 @@ stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT/timings.txt"; }
 
 if [[ " $STAGES " == *" generate "* ]]; then
   stamp "convert GGUF -> safetensors"
-  python "$HERE/convert_smollm2.py" "$MODEL"
+  kick convert-gguf --smollm2 "$MODEL"
   stamp "generate (lm_eval, no judge: judge-free metrics)"
   nice -n "$NICE" lm_eval --model hf --model_args "pretrained=$MODEL,dtype=float32" --device cpu \
     --tasks kicksum_small,kick_instruction_following --limit "$LIMIT" --apply_chat_template \
