@@ -152,8 +152,18 @@ class CalibrationConfig:
         return asdict(self)
 
 
+class _RecordsCalibration:
+    """``to_dict`` for configs with a ``calibration`` field: recorded only when the method uses it."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not self.needs_calibration:
+            d["calibration"] = None
+        return d
+
+
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(_RecordsCalibration):
     """Unstructured or N:M pruning with magnitude, Wanda or SparseGPT.
 
     ``sparsity=None`` means 0.5 for unstructured and N/M for an N:M pattern; after construction
@@ -212,15 +222,10 @@ class PruneConfig:
     def needs_calibration(self) -> bool:
         return self.method != "magnitude"
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if not self.needs_calibration:
-            d["calibration"] = None
-        return d
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(_RecordsCalibration):
     """GPTQ or round-to-nearest fake quantization (quantize-dequantize in place)."""
 
     method: str = "gptq"  # "gptq" | "rtn"
@@ -269,11 +274,6 @@ class QuantConfig:
     def needs_calibration(self) -> bool:
         return self.method != "rtn"
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if not self.needs_calibration:
-            d["calibration"] = None
-        return d
 
 
 # --------------------------------------------------------------------------- parsing model_args
