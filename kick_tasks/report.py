@@ -396,6 +396,19 @@ def _value(e: Entry, task: str, metric: str, filt: str) -> float | None:
     return _num(e.run.results.get(task, {}).get(f"{metric},{filt}"))
 
 
+def short_label(e: Entry) -> str:
+    """The grid value of a config, for plot annotations: ``30%``, ``2:4``, ``w4``, ``dense``."""
+    info = e.info
+    st = info.get("sparsity_type") or "unstructured"
+    if e.is_dense:
+        return "dense"
+    if info["kind"] == "prune":
+        return st if ":" in st else f"{round(100 * (info.get('sparsity') or 0))}%"
+    if info.get("wbits") is not None:
+        return f"w{info['wbits']}"
+    return e.label
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -459,16 +472,24 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
     for ptask, pmetric, pfilt in ppl_specs[:1]:
         for task, metric, filt in score_specs:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for method in ["dense", *prune_methods, *quant_methods]:
-                pts = [(_value(e, ptask, pmetric, pfilt), _value(e, task, metric, filt), e.label) for e in entries
+            dense_pt = next(((_value(d, ptask, pmetric, pfilt), _value(d, task, metric, filt)) for d in dense_entries
+                             if _value(d, ptask, pmetric, pfilt) is not None and _value(d, task, metric, filt) is not None),
+                            None)
+            for method in [*prune_methods, *quant_methods]:
+                pts = [(_value(e, ptask, pmetric, pfilt), _value(e, task, metric, filt), short_label(e)) for e in entries
                        if e.info["method"] == method]
-                pts = [p for p in pts if p[0] is not None and p[1] is not None]
+                pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
                 if not pts:
                     continue
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method,
-                           marker="*" if method == "dense" else "o", s=120 if method == "dense" else 40)
+                # each method as a path from the dense point through increasing perplexity, labelled by its
+                # grid value (30%, 2:4, w4): readable for a full grid where config names would overlap
+                path = ([dense_pt] if dense_pt else []) + [p[:2] for p in pts]
+                ax.plot([p[0] for p in path], [p[1] for p in path], marker="s" if method in quant_methods else "o",
+                        markersize=4, linewidth=1, alpha=0.85, label=method)
                 for x, y, lab in pts:
-                    ax.annotate(lab, (x, y), fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(lab, (x, y), fontsize=6, alpha=0.8, xytext=(3, 3), textcoords="offset points")
+            if dense_pt:
+                ax.scatter([dense_pt[0]], [dense_pt[1]], marker="*", s=160, color="black", label="dense", zorder=3)
             _log_axis(ax, "x")
             ax.set_xlabel(f"{ptask} {pmetric} (log)")
             ax.set_ylabel(f"{task} {metric}")

@@ -148,3 +148,15 @@ def test_headline_tasks_unfold_groups_without_scores(tmp_path):
     path.write_text(json.dumps(data))
     entries = rep.collect([tmp_path], n_resamples=50)
     assert sorted(rep.headline_tasks(entries)) == ["factoid", "mcr"]
+
+
+def test_short_labels_name_the_grid_value():
+    from kick_tasks.report import Entry, short_label
+
+    def label(**info):
+        return short_label(Entry(run=None, label="x", info=info, base=("m", "", "")))
+
+    assert label(kind="dense", method="dense") == "dense"
+    assert label(kind="prune", method="wanda", sparsity=0.3, sparsity_type="unstructured") == "30%"
+    assert label(kind="prune", method="sparsegpt", sparsity=0.5, sparsity_type="2:4") == "2:4"
+    assert label(kind="quant", method="gptq", wbits=3) == "w3"
