@@ -498,6 +498,32 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             save(fig, f"perplexity_vs_{_safe(task)}.png")
 
+    # 2b. the mismatch on one axis: knowledge score and perplexity, both relative to dense, vs sparsity
+    for ptask, pmetric, pfilt in ppl_specs[:1]:
+        for task, metric, filt in score_specs:
+            d = next((d for d in dense_entries if _value(d, task, metric, filt) and _value(d, ptask, pmetric, pfilt)),
+                     None)
+            if d is None or not prune_methods:
+                continue
+            d_score, d_ppl = _value(d, task, metric, filt), _value(d, ptask, pmetric, pfilt)
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            for method in prune_methods:
+                pts = sorted((e.x_sparsity, _value(e, task, metric, filt), _value(e, ptask, pmetric, pfilt))
+                             for e in entries if e.info["method"] == method and e.x_sparsity is not None
+                             and (e.info.get("sparsity_type") or "unstructured") == "unstructured")
+                pts = [(0.0, d_score, d_ppl)] + [p for p in pts if p[1] is not None and p[2]]
+                xs = [100 * p[0] for p in pts]
+                line = ax.plot(xs, [100 * p[1] / d_score for p in pts], marker="o", label=f"{method}: {task}")[0]
+                ax.plot(xs, [100 * d_ppl / p[2] for p in pts], marker="o", markerfacecolor="none", linestyle="--",
+                        color=line.get_color(), label=f"{method}: dense ppl / ppl")
+            ax.set_xlabel("sparsity (%)")
+            ax.set_ylabel("% of the dense model")
+            ax.set_ylim(0, 110)
+            ax.set_title(f"what perplexity shows (dashed) vs what {task} shows (solid)", fontsize=10)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            save(fig, f"mismatch_{_safe(task)}.png")
+
     # 3. quantization vs pruning at equal compression
     if quant_methods or prune_methods:
         for task, metric, filt in specs:

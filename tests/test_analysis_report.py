@@ -109,7 +109,8 @@ def test_report_outputs(sweep_dir, tmp_path, capsys):
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
     assert {"score_vs_sparsity_kick_factoid_qa.png", "perplexity_vs_kick_factoid_qa.png",
-            "quant_vs_prune_kick_factoid_qa.png", "retention_vs_sparsity_kick_factoid_qa.png"} <= names
+            "quant_vs_prune_kick_factoid_qa.png", "retention_vs_sparsity_kick_factoid_qa.png",
+            "mismatch_kick_factoid_qa.png"} <= names
     from PIL import Image
 
     for p in pngs:
