@@ -145,12 +145,10 @@ def test_magnitude_ties_at_the_threshold_are_all_pruned():
 # --------------------------------------------------------------------------- SparseGPT
 
 
-def reference_fasterprune(W: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int = 128,
-                          percdamp: float = 0.01) -> torch.Tensor:
-    """IST-DASLab SparseGPT ``fasterprune`` (unstructured, no quantization), transcribed inline as published."""
-    W = W.clone().float()
-    H = H.clone()
-    rows, columns = W.shape
+def reference_dead_and_hinv(W: torch.Tensor, H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preamble both IST-DASLab loops share, as published: dead inputs zeroed, damping, then the
+    upper Cholesky factor of H^-1. Modifies ``W`` and ``H`` in place; returns (W, Hinv)."""
+    columns = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -159,8 +157,14 @@ def reference_fasterprune(W: torch.Tensor, H: torch.Tensor, sparsity: float, blo
     H[diag, diag] += damp
     H = torch.linalg.cholesky(H)
     H = torch.cholesky_inverse(H)
-    H = torch.linalg.cholesky(H, upper=True)
-    Hinv = H
+    return W, torch.linalg.cholesky(H, upper=True)
+
+
+def reference_fasterprune(W: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int = 128,
+                          percdamp: float = 0.01) -> torch.Tensor:
+    """IST-DASLab SparseGPT ``fasterprune`` (unstructured, no quantization), transcribed inline as published."""
+    W, Hinv = reference_dead_and_hinv(W.clone().float(), H.clone(), percdamp)
+    rows, columns = W.shape
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         count = i2 - i1
@@ -215,17 +219,11 @@ def reference_fasterquant(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize
         return scale * (q - zero)
 
     W = W.clone().float()
-    H = H.clone()
     rows, columns = W.shape
-    scale, zero = find_params(W, bits, False)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    scale, zero = find_params(W, bits, False)  # the reference fits the grid before zeroing dead columns
+    W, Hinv = reference_dead_and_hinv(W, H.clone(), percdamp)
     Losses = torch.zeros_like(W)
     Q = torch.zeros_like(W)
-    diag = torch.arange(columns)
-    H[diag, diag] += percdamp * torch.mean(torch.diag(H))
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         count = i2 - i1
