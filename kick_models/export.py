@@ -16,8 +16,8 @@ time) and refuse ``save_pretrained``; the weights in memory are ordinary tensors
 GGUF quantizer and config are detached while saving: the export is a normal dense
 checkpoint of the compressed weights.
 
-The folder is written to a temporary sibling and renamed into place; an existing folder
-is replaced only when it is a previous kick export (has ``kick_compression.json``).
+The folder is written to a temporary sibling and renamed into place (:func:`staged_folder`); an
+existing folder is replaced only when it is a previous kick export (has ``kick_compression.json``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,28 @@ def check_export_target(path: str | os.PathLike) -> Path:
     if not os.access(parent, os.W_OK):
         raise ExportError(f"save_compressed={path!r}: cannot create it, {parent} is not writable")
     return target
+
+
+@contextmanager
+def staged_folder(target: Path):
+    """Yield a new temporary sibling of ``target`` to write a folder into; when the block succeeds it
+    replaces ``target`` (a previous folder is moved aside first, then deleted), when it fails it is
+    removed. Readers never see a half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -135,9 +157,7 @@ def save_compressed(
     from kick_models.cache import report_quant_params
 
     target = check_export_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with staged_folder(target) as tmp:
         with without_gguf_quantizer(model):
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -148,15 +168,4 @@ def save_compressed(
             save_file(qp, str(tmp / QUANT_PARAMS_FILE), metadata={"format": "kick-gptq", "wbits": str(report.config.get("wbits"))})
             record["quant_params_file"] = QUANT_PARAMS_FILE
         (tmp / REPORT_FILE).write_text(json.dumps(record, indent=2))
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{time.time_ns()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

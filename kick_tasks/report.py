@@ -468,13 +468,13 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         save(fig, f"score_vs_sparsity_{_safe(task)}.png")
 
-    # 2. perplexity vs knowledge-task score (the paper's mismatch)
+    # 2. perplexity vs knowledge-task score (the paper's mismatch), as a scatter and against sparsity
     for ptask, pmetric, pfilt in ppl_specs[:1]:
         for task, metric, filt in score_specs:
-            fig, ax = plt.subplots(figsize=(6.4, 4.2))
             dense_pt = next(((_value(d, ptask, pmetric, pfilt), _value(d, task, metric, filt)) for d in dense_entries
                              if _value(d, ptask, pmetric, pfilt) is not None and _value(d, task, metric, filt) is not None),
                             None)
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
             for method in [*prune_methods, *quant_methods]:
                 pts = [(_value(e, ptask, pmetric, pfilt), _value(e, task, metric, filt), short_label(e)) for e in entries
                        if e.info["method"] == method]
@@ -498,14 +498,10 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             save(fig, f"perplexity_vs_{_safe(task)}.png")
 
-    # 2b. the mismatch on one axis: knowledge score and perplexity, both relative to dense, vs sparsity
-    for ptask, pmetric, pfilt in ppl_specs[:1]:
-        for task, metric, filt in score_specs:
-            d = next((d for d in dense_entries if _value(d, task, metric, filt) and _value(d, ptask, pmetric, pfilt)),
-                     None)
-            if d is None or not prune_methods:
+            # the same on one axis: score and perplexity, both relative to dense, against sparsity
+            if not (dense_pt and dense_pt[0] and dense_pt[1] and prune_methods):
                 continue
-            d_score, d_ppl = _value(d, task, metric, filt), _value(d, ptask, pmetric, pfilt)
+            d_ppl, d_score = dense_pt
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             for method in prune_methods:
                 pts = sorted((e.x_sparsity, _value(e, task, metric, filt), _value(e, ptask, pmetric, pfilt))

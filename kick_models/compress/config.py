@@ -223,7 +223,6 @@ class PruneConfig(_RecordsCalibration):
         return self.method != "magnitude"
 
 
-
 @dataclass(frozen=True)
 class QuantConfig(_RecordsCalibration):
     """GPTQ or round-to-nearest fake quantization (quantize-dequantize in place)."""
@@ -273,7 +272,6 @@ class QuantConfig(_RecordsCalibration):
     @property
     def needs_calibration(self) -> bool:
         return self.method != "rtn"
-
 
 
 # --------------------------------------------------------------------------- parsing model_args
