@@ -47,6 +47,7 @@ from kick_models.compress.config import (
     QuantConfig,
     as_bool,
     as_int,
+    check_pretrained,
     parse_prune_args,
     parse_quant_args,
 )
@@ -158,6 +159,7 @@ class _KickCompressedLM(HFLM):
             "pretrained": pretrained if isinstance(pretrained, str) else getattr(pretrained, "name_or_path", type(pretrained).__name__),
             **{k: rest[k] for k in ("revision", "gguf_file", "subfolder", "peft", "delta") if rest.get(k)},
         }
+        check_pretrained(pretrained)  # after every argument check, before the load
         super().__init__(pretrained=pretrained, **rest)
         if self._kick_report is None:  # ``pretrained`` was a model object: _create_model was not called
             self._kick_apply(pretrained=pretrained, revision=rest.get("revision"), gguf_file=None,
@@ -470,6 +472,7 @@ class KickBitsAndBytesLM(HFLM):
                 "its own quantizer. Export the model to safetensors first (e.g. kick-pruned sparsity=0 "
                 "save_compressed=DIR) and load that folder."
             )
+        check_pretrained(pretrained)
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ImportError(
                 "--model kick-bnb needs the optional dependency bitsandbytes: pip install 'kick-eval[bnb]' "

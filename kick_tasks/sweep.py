@@ -239,6 +239,16 @@ def validate_configs(configs: Sequence[SweepConfig]) -> None:
             raise SweepError(f"config {c.slug}: {exc}") from None
 
 
+def validate_model(model: str) -> None:
+    """A --model written as a local path must exist (checked before any lm_eval process starts)."""
+    from kick_models.compress.config import CompressionConfigError, check_pretrained
+
+    try:
+        check_pretrained(model)
+    except CompressionConfigError as exc:
+        raise SweepError(f"--model: {exc}") from None
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -404,6 +414,7 @@ def _raise_interrupt(signum, frame) -> None:
 def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     out = Path(ns.output).resolve()
     configs = build_configs(ns)
+    validate_model(ns.model)
     validate_tasks(ns.task_list, ns.include_path)
     extra = parse_kv(ns.model_args)
     identity = {"model": ns.model, "model_args": extra}

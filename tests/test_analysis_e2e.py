@@ -198,6 +198,10 @@ def test_sweep_bad_input_before_running(tiny_llama_dir, tiny_tasks, tmp_path, ca
         assert sweep.main(argv) == 2, name
         assert msg in capsys.readouterr().err, name
     assert not (tmp_path / "s").exists()  # nothing ran
+    missing = ["--model", str(tmp_path / "no-such-model")] + base[2:] + ["--sparsity", "0.5"]
+    assert sweep.main(missing) == 2
+    assert "local path that does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
     assert sweep.parse_range("0:0.7:0.1") == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     assert sweep.parse_range("0.1:0.6:0.2") == [0.1, 0.3, 0.5]

@@ -91,10 +91,13 @@ def test_bad_bnb_args_fail_before_the_model_loads(args, word):
         KickBitsAndBytesLM(pretrained=MISSING, device="cpu", **args)
 
 
-def test_unrelated_missing_model_still_reaches_the_loader():
-    """Valid compression args: the error is the loader's (the args above really were checked first)."""
-    with pytest.raises(OSError):
+def test_missing_local_model_is_the_last_check_before_loading():
+    """Valid compression args: only then the missing path is reported (the args above really were checked
+    first), as an OSError like the loader's, with what to pass instead."""
+    with pytest.raises(OSError, match="local path that does not exist"):
         KickPrunedLM(pretrained=MISSING, device="cpu", method="magnitude", sparsity=0.5, cache=False)
+    with pytest.raises(CompressionConfigError, match="does not exist"):
+        KickBitsAndBytesLM(pretrained="./no-such-model-folder", device="cpu", method="nf4")
 
 
 def test_wanda_in_process_records_measured_sparsity(tiny_llama_dir, calib_txt, tmp_path):

@@ -79,6 +79,22 @@ _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 
 
+class PretrainedNotFoundError(CompressionConfigError, FileNotFoundError):
+    """``pretrained`` names a local path that does not exist (an OSError too, like the loader's own)."""
+
+
+def check_pretrained(pretrained: Any) -> None:
+    """Refuse a ``pretrained`` written as a local path (``/...``, ``./...``, ``../...``, ``~/...``) that does
+    not exist, before anything loads; Hub ids (``org/name``) and in-memory models pass through."""
+    if not isinstance(pretrained, str) or not pretrained.startswith(("/", "./", "../", "~")):
+        return
+    if not os.path.exists(os.path.expanduser(pretrained)):
+        raise PretrainedNotFoundError(
+            f"pretrained={pretrained!r} is a local path that does not exist; give an existing model folder "
+            "or a Hugging Face Hub id such as HuggingFaceTB/SmolLM2-135M."
+        )
+
+
 def as_bool(name: str, value: Any) -> bool:
     """Cast ``True``, ``"true"``, ``1``, ``"0"``, ``"no"`` ... to bool; refuse anything else."""
     if isinstance(value, bool):
