@@ -18,6 +18,7 @@ Algorithms without calibration (magnitude, RTN) skip steps 2-3's forward passes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kick_models.compress import placement
 from kick_models.compress.base import LayerCompressor, LayerStats
 
 logger = logging.getLogger(__name__)
@@ -168,13 +170,16 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
 
         return forward
 
-    restore = _move_shell(model, layers_path, device)
+    # A dispatched model (accelerate hooks: device map, CPU/disk offload) runs where its hooks put it.
+    dispatched = placement.is_dispatched(model)
+    restore = (lambda: None) if dispatched else _move_shell(model, layers_path, device)
+    input_device = placement.model_device(model) if dispatched else device
     try:
         for index, layer in enumerate(layers):
             layer.forward = recorder(index)
         for batch in batches:
             try:
-                model(input_ids=batch.to(device), use_cache=False)
+                model(input_ids=batch.to(input_device), use_cache=False)
             except _StopForward:
                 pass
             else:
@@ -189,6 +194,8 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
     for index, per_layer in enumerate(calls):
         if len(per_layer) != len(batches):
             raise RuntimeError(f"decoder layer {index} was called {len(per_layer)} times for {len(batches)} batches")
+    if dispatched:
+        hidden_per_batch, calls = placement.send((hidden_per_batch, calls), device)
     return hidden_per_batch, calls
 
 
@@ -306,7 +313,8 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
     ``share_inputs``: Linears fed the same input tensor share one statistic accumulation (see ``_collect``).
     """
     layers_path, layers = find_decoder_layers(model)
-    device = torch.device(device) if device is not None else _module_device(model)
+    fixed_device = torch.device(device) if device is not None else None
+    device = fixed_device or placement.model_device(model)  # where calibration inputs are captured and kept
     was_training = model.training
     model.eval()
     stats: list[LayerStats] = []
@@ -325,12 +333,16 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
     from tqdm.auto import tqdm
 
     bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
+    block = contextlib.ExitStack()  # the current block held on its compute device (:func:`placement.onloaded`)
     try:
         for index, layer in bar:
             start = time.perf_counter()
             prefix = f"{layers_path}.{index}"
-            home = _module_device(layer)
-            layer.to(device)
+            # Each block is compressed where it runs (its GPU; its hooks' device when offloaded) unless a device is set.
+            layer_device = fixed_device or placement.execution_device(layer) or device
+            if needs_calibration and layer_device != device:
+                inps, calls[index] = placement.send((inps, calls[index]), layer_device)
+            block.enter_context(placement.onloaded(layer, layer_device, root=model, prefix=prefix))
             linears = linear_modules(layer)
             if needs_calibration and true_sequential:
                 groups = _true_sequential_groups(layer, linears, inps[0], calls[index][0])
@@ -355,10 +367,13 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             if calls:
                 calls[index] = []  # free this layer's masks/embeddings
             del calls_done
-            layer.to(home)
-            if device.type == "cuda":
+            block.close()  # offloaded weights written back where they live, moved tensors back home
+            if layer_device.type == "cuda":
                 torch.cuda.empty_cache()
             logger.info("%s: compressed %d Linear(s) in %.2fs", prefix, len(linears), time.perf_counter() - start)
+    except BaseException as exc:
+        block.__exit__(type(exc), exc, exc.__traceback__)  # nothing written back for a failed block
+        raise
     finally:
         bar.close()
         model.train(was_training)
