@@ -25,15 +25,17 @@ from kick_models.compress.magnitude import MagnitudePruner
 from kick_models.compress.nm import count_zeros
 from kick_models.compress.report import CompressionReport
 from kick_models.compress.rtn import RTNQuantizer
-from kick_models.compress.sequential import check_nm_widths, compress_layers, find_decoder_layers, linear_modules
+from kick_models.compress.sequential import check_nm_widths, compress_layers, find_decoder_layers, layer_targets, linear_modules
 from kick_models.compress.sparsegpt import SparseGPTPruner
+from kick_models.compress.targets import block_roles, measure_block
 from kick_models.compress.wanda import WandaPruner
 
 logger = logging.getLogger(__name__)
 
 #: Part of every compressed-weights cache key: bump it whenever an algorithm's output changes,
 #: so stale cache entries are never loaded.
-ALGORITHM_VERSION = "kick-compress-2"  # 2: reference "<= threshold" rule (SparseGPT, magnitude)
+ALGORITHM_VERSION = "kick-compress-3"  # 2: reference "<= threshold" rule (SparseGPT, magnitude); 3: fused MoE
+# experts, Conv1D and every >= 2-D block weight measured (entries before 3 left MoE experts dense)
 
 ALGORITHMS = {
     "magnitude": MagnitudePruner,
@@ -59,11 +61,49 @@ def _check_tokens(tokens: torch.Tensor, max_positions: int | None) -> torch.Tens
     return tokens.long()
 
 
-def _measured_only(model: nn.Module) -> list[LayerStats]:
-    """Stats of every decoder Linear without changing anything (sparsity 0)."""
+def uncovered_weights(model: nn.Module) -> list[str]:
+    """Names of the decoder blocks' >= 2-D parameters that no compression handler covers and that are not
+    routers (structure only: no value is read, so it works before calibration and on offloaded models)."""
     path, layers = find_decoder_layers(model)
-    return [LayerStats(name=f"{path}.{i}.{n}", numel=lin.weight.numel(), zeros=count_zeros(lin.weight.data), block=i)
-            for i, layer in enumerate(layers) for n, lin in linear_modules(layer).items()]
+    return [f"{path}.{i}.{name}" for i, layer in enumerate(layers)
+            for name, role in block_roles(layer, linear_modules(layer)).items() if role == "uncovered"]
+
+
+def check_coverage(model: nn.Module, config: PruneConfig | QuantConfig) -> None:
+    """Refuse a model whose blocks hold weights no handler compresses, unless ``config.allow_partial``."""
+    missing = uncovered_weights(model)
+    if not missing:
+        return
+    shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
+    if not config.allow_partial:
+        raise CompressionConfigError(
+            f"{type(model).__name__}: the decoder blocks hold >= 2-D weights that kick cannot compress: {shown}. "
+            "The reported sparsity/bits would not describe the model you asked for. Pass allow_partial=true to "
+            "compress the rest anyway (the results then record the partial coverage).")
+    logger.warning("allow_partial=true: %d block weight(s) stay as they are (no compression handler): %s",
+                   len(missing), shown)
+
+
+def measure_layer(layer: nn.Module, path: str, index: int) -> tuple[list[LayerStats], list[dict]]:
+    """Without changing anything: stats of the block's compression targets and the record of every >= 2-D weight
+    (values read: the layer must be on a real device)."""
+    prefix = f"{path}.{index}"
+    stats = [LayerStats(name=f"{prefix}.{n}", numel=t.weight.numel(), zeros=count_zeros(t.weight.data), block=index,
+                        param=f"{prefix}.{t.param}", expert=t.expert, in_features=t.in_features)
+             for n, t in layer_targets(layer).items()]
+    return stats, measure_block(layer, block_roles(layer, linear_modules(layer)), prefix, index)
+
+
+def _measured_only(model: nn.Module) -> tuple[list[LayerStats], list[dict]]:
+    """Stats of every decoder target and block weight without changing anything (sparsity 0)."""
+    path, layers = find_decoder_layers(model)
+    stats: list[LayerStats] = []
+    weights: list[dict] = []
+    for i, layer in enumerate(layers):
+        s, w = measure_layer(layer, path, i)
+        stats += s
+        weights += w
+    return stats, weights
 
 
 def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, calibration: torch.Tensor | None = None,
@@ -82,12 +122,14 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     model.eval()
     path, layers = find_decoder_layers(model)
     algorithm = ALGORITHMS[config.method]
+    check_coverage(model, config)
     if isinstance(config, PruneConfig):
         if config.nm is not None:
             check_nm_widths(model, layers, path, config.nm[1])
         if config.sparsity == 0:
             logger.info("sparsity=0: nothing to prune")
-            return CompressionReport(config.method, config.to_dict(), _measured_only(model), time.perf_counter() - start)
+            stats, weights = _measured_only(model)
+            return CompressionReport(config.method, config.to_dict(), stats, time.perf_counter() - start, weights=weights)
     tokens = None
     if config.needs_calibration:
         max_positions = model_max_positions(model)
@@ -97,9 +139,10 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
             tokens = _check_tokens(calibration, max_positions)
     elif calibration is not None:
         raise CompressionConfigError(f"method={config.method} uses no calibration data; do not pass calibration.")
+    weights: list[dict] = []
     stats = compress_layers(
         model,
-        lambda linear: algorithm(linear, config),
+        lambda target: algorithm(target, config),
         needs_calibration=config.needs_calibration,
         tokens=tokens,
         device=device,
@@ -107,9 +150,18 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
         true_sequential=getattr(config, "true_sequential", False),
         progress=progress,
         desc=config.method,
+        moe_calibration=config.moe_calibration,
+        block_weights=weights,
     )
     report = CompressionReport(config.method, config.to_dict(), stats, time.perf_counter() - start,
-                               fingerprint(tokens) if tokens is not None else None)
+                               fingerprint(tokens) if tokens is not None else None, weights)
+    for name, damp in report.damp_raised().items():
+        logger.warning("%s: Hessian damping raised from %g to %g to factorize", name, config.damp, damp)
+    few = (report.expert_tokens() or {}).get("under_input_width")
+    if few:
+        logger.warning("%d expert matrix(es) saw fewer calibration tokens than their input width "
+                       "(moe_calibration=%s): %s", len(few), config.moe_calibration,
+                       ", ".join(f"{n}={t}" for n, t in list(few.items())[:8]) + (" ..." if len(few) > 8 else ""))
     logger.info("%s done in %.1fs: %s", config.method, report.seconds,
                 {k: v for k, v in report.summary().items() if k != "config"})
     return report
@@ -133,15 +185,19 @@ def prune(model: nn.Module, tokenizer, method: str = "wanda", sparsity: float | 
           sparsity_type: str = "unstructured", calibration: str | torch.Tensor = "c4", nsamples: int = 128,
           seqlen: int = 2048, seed: int = 0, use_variant: bool = False, blocksize: int = 128, damp: float = 0.01,
           device: str | torch.device | None = None, batch_size: int | None = None,
-          progress: bool = True) -> CompressionReport:
-    """Prune ``model`` in place with magnitude, Wanda or SparseGPT (``sparsity`` defaults to 0.5, or N/M)."""
+          progress: bool = True, moe_calibration: str = "all", allow_partial: bool = False) -> CompressionReport:
+    """Prune ``model`` in place with magnitude, Wanda or SparseGPT (``sparsity`` defaults to 0.5, or N/M).
+
+    ``moe_calibration``: ``all`` | ``routed``, which tokens MoE experts' statistics see; ``allow_partial``:
+    proceed when the blocks hold weights no handler compresses (else refused)."""
     if method == "magnitude":
         _no_calibration(method, calibration)
         calib_cfg, tokens = CalibrationConfig(), None
     else:
         calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed)
     config = PruneConfig(method=method, sparsity=sparsity, sparsity_type=sparsity_type, use_variant=use_variant,
-                         blocksize=blocksize, damp=damp, calibration=calib_cfg)
+                         blocksize=blocksize, damp=damp, calibration=calib_cfg, moe_calibration=moe_calibration,
+                         allow_partial=allow_partial)
     return compress(model, tokenizer, config, tokens, device, batch_size, progress)
 
 
@@ -149,8 +205,9 @@ def quantize(model: nn.Module, tokenizer, method: str = "gptq", wbits: int = 4, 
              act_order: bool = False, sym: bool = False, static_groups: bool = False, true_sequential: bool = False,
              damp: float = 0.01, blocksize: int = 128, calibration: str | torch.Tensor = "wikitext2",
              nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str | torch.device | None = None,
-             batch_size: int | None = None, progress: bool = True) -> CompressionReport:
-    """Fake-quantize ``model`` in place with GPTQ or RTN."""
+             batch_size: int | None = None, progress: bool = True, moe_calibration: str = "all",
+             allow_partial: bool = False) -> CompressionReport:
+    """Fake-quantize ``model`` in place with GPTQ or RTN (``moe_calibration``/``allow_partial``: see :func:`prune`)."""
     if method == "rtn":
         _no_calibration(method, calibration)
         calib_cfg, tokens = CalibrationConfig(source="wikitext2"), None
@@ -158,5 +215,5 @@ def quantize(model: nn.Module, tokenizer, method: str = "gptq", wbits: int = 4, 
         calib_cfg, tokens = _calibration(calibration, nsamples, seqlen, seed)
     config = QuantConfig(method=method, wbits=wbits, groupsize=groupsize, act_order=act_order, sym=sym,
                          static_groups=static_groups, true_sequential=true_sequential, damp=damp, blocksize=blocksize,
-                         calibration=calib_cfg)
+                         calibration=calib_cfg, moe_calibration=moe_calibration, allow_partial=allow_partial)
     return compress(model, tokenizer, config, tokens, device, batch_size, progress)

@@ -10,6 +10,10 @@ Pure tensor code, no model or I/O knowledge (IST-DASLab style):
 Algorithms without calibration (magnitude, RTN) set ``needs_calibration = False``;
 the sequential driver then skips the forward passes for statistics.
 
+Calibration-based algorithms also implement ``comp.use_identity_statistics()``: replace statistics that
+saw no input (an MoE expert no calibration token was routed to) by identity ones, so the matrix is
+compressed by weight magnitude instead of being zeroed as "dead".
+
 Optional: ``comp.share_statistics_from(other)`` makes ``comp`` use ``other``'s accumulated statistic
 (same class, same input). The driver calls it for Linears that receive the very same input tensor
 (q/k/v, gate/up), which are then fed to ONE accumulator only; ``compress`` must not modify the
@@ -38,6 +42,12 @@ class LayerStats:
     # quantization only: tensors needed to produce a packed checkpoint
     quant_params: dict[str, torch.Tensor] = field(default_factory=dict)
     block: int | None = None             # index of the decoder block holding this Linear
+    param: str | None = None             # the model parameter holding this matrix (a fused-experts tensor, a Conv1D
+                                         # weight stored [in, out]); None = "<name>.weight"
+    expert: int | None = None            # MoE expert index, if this matrix belongs to one expert
+    in_features: int | None = None       # input width of the matrix
+    tokens: int | None = None            # calibration tokens (input rows) whose statistics this matrix saw
+    damp: float | None = None            # Hessian methods: the damping really used (raised if H was not PD)
 
     @property
     def sparsity(self) -> float:

@@ -19,6 +19,7 @@ PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
 WBITS = (2, 3, 4, 8)
 BUILTIN_CALIBRATION = ("c4", "wikitext2")
+MOE_CALIBRATION = ("all", "routed")
 CALIBRATION_FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _FILE_LIKE_SUFFIXES = CALIBRATION_FILE_SUFFIXES + (".json", ".csv", ".tsv", ".gz", ".arrow", ".md")
 
@@ -169,13 +170,25 @@ class CalibrationConfig:
 
 
 class _RecordsCalibration:
-    """``to_dict`` for configs with a ``calibration`` field: recorded only when the method uses it."""
+    """``to_dict`` for configs with a ``calibration`` field: recorded only when the method uses it (so is
+    ``moe_calibration``, which only says which calibration tokens MoE experts' statistics see)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not self.needs_calibration:
             d["calibration"] = None
+            d["moe_calibration"] = None
         return d
+
+
+def _check_coverage_args(config: Any) -> None:
+    """``moe_calibration`` in {all, routed}; ``allow_partial`` a bool."""
+    if not isinstance(config.moe_calibration, str) or config.moe_calibration not in MOE_CALIBRATION:
+        raise _err("moe_calibration", config.moe_calibration,
+                   "expected 'all' (every expert's statistics see every calibration token) or 'routed' (only the "
+                   "tokens the router sends it)")
+    if not isinstance(config.allow_partial, bool):
+        raise _err("allow_partial", config.allow_partial, "expected a boolean (true/false)")
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,8 @@ class PruneConfig(_RecordsCalibration):
     blocksize: int = 128  # SparseGPT
     damp: float = 0.01  # SparseGPT: damp * mean(diag H)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    moe_calibration: str = "all"  # MoE experts' statistics: "all" tokens or the "routed" ones
+    allow_partial: bool = False  # proceed when the blocks hold >= 2-D weights no handler compresses
 
     def __post_init__(self) -> None:
         if self.method not in PRUNE_METHODS:
@@ -228,6 +243,7 @@ class PruneConfig(_RecordsCalibration):
         object.__setattr__(self, "damp", damp)
         if not isinstance(self.calibration, CalibrationConfig):
             raise _err("calibration", self.calibration, "expected a CalibrationConfig")
+        _check_coverage_args(self)
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -253,6 +269,8 @@ class QuantConfig(_RecordsCalibration):
     damp: float = 0.01
     blocksize: int = 128
     calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig(source="wikitext2"))
+    moe_calibration: str = "all"  # MoE experts' statistics: "all" tokens or the "routed" ones
+    allow_partial: bool = False  # proceed when the blocks hold >= 2-D weights no handler compresses
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:
@@ -284,6 +302,7 @@ class QuantConfig(_RecordsCalibration):
         object.__setattr__(self, "damp", damp)
         if not isinstance(self.calibration, CalibrationConfig):
             raise _err("calibration", self.calibration, "expected a CalibrationConfig")
+        _check_coverage_args(self)
 
     @property
     def needs_calibration(self) -> bool:
@@ -293,6 +312,7 @@ class QuantConfig(_RecordsCalibration):
 # --------------------------------------------------------------------------- parsing model_args
 
 _CALIB_KEYS = ("calib", "nsamples", "seqlen", "seed")
+_COVERAGE_KEYS = ("moe_calibration", "allow_partial")
 
 
 def _parse_calibration(args: dict, default_source: str, method: str, needs_calibration: bool) -> CalibrationConfig:
@@ -315,6 +335,20 @@ def _parse_calibration(args: dict, default_source: str, method: str, needs_calib
     )
 
 
+def _parse_coverage_args(args: dict, method: str, needs_calibration: bool) -> dict:
+    out: dict[str, Any] = {}
+    if "moe_calibration" in args:
+        if not needs_calibration:
+            raise CompressionConfigError(
+                f"Invalid moe_calibration={args['moe_calibration']!r} with method={method}: {method} uses no "
+                "calibration data, so there are no expert statistics. Remove moe_calibration.")
+        value = args["moe_calibration"]
+        out["moe_calibration"] = value.strip().lower() if isinstance(value, str) else value
+    if "allow_partial" in args:
+        out["allow_partial"] = as_bool("allow_partial", args["allow_partial"])
+    return out
+
+
 def _method(args: dict, allowed: tuple[str, ...], default: str | None) -> str:
     if "method" not in args:
         if default is None:
@@ -330,7 +364,7 @@ def parse_prune_args(args: dict) -> tuple[PruneConfig, dict]:
     """Build a :class:`PruneConfig` from (possibly string) arguments; return it and the unused args.
 
     Keys: method (required), sparsity, sparsity_type, use_variant, calib, nsamples, seqlen, seed,
-    blocksize, damp (the last two only for sparsegpt).
+    blocksize, damp (the last two only for sparsegpt), moe_calibration, allow_partial.
     """
     args = dict(args)
     method = _method(args, PRUNE_METHODS, None)
@@ -352,8 +386,9 @@ def parse_prune_args(args: dict) -> tuple[PruneConfig, dict]:
     if "damp" in args:
         kwargs["damp"] = as_float("damp", args["damp"])
     kwargs["calibration"] = _parse_calibration(args, "c4", method, method != "magnitude")
+    kwargs.update(_parse_coverage_args(args, method, method != "magnitude"))
     config = PruneConfig(**kwargs)
-    consumed = {"method", "sparsity", "sparsity_type", "use_variant", "blocksize", "damp", *_CALIB_KEYS}
+    consumed = {"method", "sparsity", "sparsity_type", "use_variant", "blocksize", "damp", *_CALIB_KEYS, *_COVERAGE_KEYS}
     return config, {k: v for k, v in args.items() if k not in consumed}
 
 
@@ -361,7 +396,7 @@ def parse_quant_args(args: dict) -> tuple[QuantConfig, dict]:
     """Build a :class:`QuantConfig` from (possibly string) arguments; return it and the unused args.
 
     Keys: method (default gptq), wbits, groupsize, act_order, sym, static_groups, true_sequential,
-    damp, blocksize, calib, nsamples, seqlen, seed.
+    damp, blocksize, calib, nsamples, seqlen, seed, moe_calibration, allow_partial.
     """
     args = dict(args)
     method = _method(args, QUANT_METHODS, "gptq")
@@ -382,6 +417,8 @@ def parse_quant_args(args: dict) -> tuple[QuantConfig, dict]:
     if "damp" in args:
         kwargs["damp"] = as_float("damp", args["damp"])
     kwargs["calibration"] = _parse_calibration(args, "wikitext2", method, method != "rtn")
+    kwargs.update(_parse_coverage_args(args, method, method != "rtn"))
     config = QuantConfig(**kwargs)
-    consumed = {"method", "wbits", "groupsize", "blocksize", "act_order", "sym", "static_groups", "true_sequential", "damp", *_CALIB_KEYS}
+    consumed = {"method", "wbits", "groupsize", "blocksize", "act_order", "sym", "static_groups", "true_sequential", "damp",
+                *_CALIB_KEYS, *_COVERAGE_KEYS}
     return config, {k: v for k, v in args.items() if k not in consumed}

@@ -20,7 +20,7 @@ def act_order_permutation(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 128, sym: bool = False,
                   act_order: bool = False, static_groups: bool = False, blocksize: int = 128, damp: float = 0.01,
-                  name: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+                  name: str = "", record: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """Quantize-dequantize the float32 matrix ``W`` column by column with error feedback through ``H``.
 
     Returns ``(Q, {"scales", "zeros", "g_idx"}, loss)``; scales/zeros are ``[n_groups, rows]`` and
@@ -44,7 +44,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
         perm, invperm = act_order_permutation(H)
         W = W[:, perm]
         H = H[perm][:, perm]
-    Hinv = inverse_cholesky_upper(H, damp, name)
+    Hinv = inverse_cholesky_upper(H, damp, name, record)
     Q = torch.zeros_like(W)
     loss = torch.zeros((), dtype=W.dtype, device=W.device)
     dyn_scales: list[torch.Tensor] = []
@@ -107,10 +107,11 @@ class GPTQQuantizer(HessianStatistics):
         start = time.perf_counter()
         c = self.config
         weight = self.layer.weight
+        used: dict = {}
         Q, params, loss = gptq_quantize(weight.data.float(), self.hessian.H, c.wbits, c.groupsize, c.sym, c.act_order,
-                                        c.static_groups, c.blocksize, c.damp, self.name)
+                                        c.static_groups, c.blocksize, c.damp, self.name, used)
         weight.data.copy_(Q.to(weight.dtype))
         rows, columns = weight.shape
         return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
-                          error=loss, bits_per_weight=bits_per_weight(c.wbits, rows, columns, c.groupsize),
+                          error=loss, damp=used.get("damp"), bits_per_weight=bits_per_weight(c.wbits, rows, columns, c.groupsize),
                           quant_params=params)

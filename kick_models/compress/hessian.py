@@ -37,11 +37,12 @@ def dead_inputs(H: torch.Tensor) -> torch.Tensor:
     return dead
 
 
-def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "") -> torch.Tensor:
+def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "", record: dict | None = None) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``.
 
     If ``H`` is not positive definite at the requested damping (the reference would crash), the
-    damping is multiplied by 10 (up to 4 times) with a warning.
+    damping is multiplied by 10 (up to 4 times) with a warning. ``record["damp"]`` (if given)
+    receives the damping really used.
     """
     columns = H.shape[0]
     diag = torch.arange(columns, device=H.device)
@@ -52,6 +53,8 @@ def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "") -> torc
         Hd[diag, diag] += factor * mean_diag
         L, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
+            if record is not None:
+                record["damp"] = factor
             if attempt:
                 logger.warning("%s: Hessian not positive definite at damp=%g; used damp=%g.", name, damp, factor)
             Hinv = torch.cholesky_inverse(L)
@@ -77,6 +80,11 @@ class HessianStatistics:
 
     def add_batch(self, inp: torch.Tensor) -> None:
         self.hessian.add_batch(inp)
+
+    def use_identity_statistics(self) -> None:
+        """No input seen: ``H = I`` (SparseGPT then prunes by magnitude, GPTQ rounds to nearest)."""
+        if self.hessian.nsamples == 0:
+            self.hessian.H = torch.eye(self.hessian.H.shape[0], device=self.hessian.H.device, dtype=self.hessian.H.dtype)
 
     def share_statistics_from(self, other: "HessianStatistics") -> None:
         """Use ``other``'s Hessian (same input tensor); ``compress`` clones it before modifying it."""

@@ -7,10 +7,13 @@
    by a recorder that returns its input unchanged, and the forward pass stops at the last layer
    (so ``lm_head`` never runs). Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window
    layers a different mask (and Gemma 3 different rotary embeddings) than global ones.
-3. For each layer: move it to the compute device, hook every ``nn.Linear`` (forward hooks feed the
-   algorithm's ``add_batch``; Linears fed the same input tensor, such as q/k/v, share ONE
-   accumulation), run all batches, compress every Linear, free the statistics, re-run
-   the compressed layer to produce the next layer's inputs, move the layer back.
+3. For each layer: move it to the compute device, hook every compression target
+   (:mod:`kick_models.compress.targets`: ``nn.Linear`` minus MoE routers, GPT-2 ``Conv1D``, and the
+   per-expert views of fused MoE experts from :func:`kick_models.compress.moe.calibration_view`;
+   forward hooks feed the algorithm's ``add_batch``; targets fed the same input tensor, such as
+   q/k/v, share ONE accumulation), run all batches, compress every target, free the statistics,
+   re-run the compressed layer (its own forward) to produce the next layer's inputs, measure every
+   >= 2-D weight of the block (:func:`kick_models.compress.targets.measure_block`), move it back.
 
 Algorithms without calibration (magnitude, RTN) skip steps 2-3's forward passes entirely.
 ``lm_head`` and the embeddings are never touched.
@@ -28,7 +31,9 @@ import torch
 from torch import nn
 
 from kick_models.compress import placement
+from kick_models.compress import moe
 from kick_models.compress.base import LayerCompressor, LayerStats
+from kick_models.compress.targets import Target, block_roles, block_targets, measure_block
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +245,9 @@ def _can_share(a: LayerCompressor, b: LayerCompressor) -> bool:
     return type(a) is type(b) and hasattr(a, "share_statistics_from")
 
 
-def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears: dict[str, nn.Linear],
-             inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str, share_inputs: bool = True) -> dict[str, str]:
+def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears: dict[str, nn.Module],
+             inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str, share_inputs: bool = True,
+             tokens: dict[str, int] | None = None, may_idle: frozenset[str] = frozenset()) -> dict[str, str]:
     """Run all batches through ``layer`` feeding the inputs of the hooked Linears to their compressors.
 
     With ``share_inputs``, Linears whose forward hooks receive the very same input tensor object in
@@ -249,6 +255,9 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
     the first Linear of the group accumulates, the others then share its statistic
     (``share_statistics_from``). The arithmetic is the same, so the result is bit-identical to one
     accumulation per Linear. Returns ``{follower: leader}``.
+
+    ``tokens`` (if given) receives the number of calibration tokens (input rows) each hooked module saw.
+    Modules in ``may_idle`` (MoE experts under ``moe_calibration=routed``) may see none.
     """
     counts = dict.fromkeys(compressors, 0)
     leader_of: dict[str, str] = {}
@@ -257,8 +266,12 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
 
     def hook(name: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: tuple, output: Any) -> None:
+            if moe.statistics_paused():
+                return
             x = args[0]
             counts[name] += 1
+            if tokens is not None:
+                tokens[name] = tokens.get(name, 0) + x.numel() // x.shape[-1]
             if share_inputs:
                 leader = next((n for t, n in seen if t is x), None)
                 if first[0] and leader is not None and leader != name and _can_share(compressors[name], compressors[leader]):
@@ -285,7 +298,7 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
         seen.clear()
         for h in handles:
             h.remove()
-    idle = [f"{prefix}.{n}" for n, c in counts.items() if c == 0]
+    idle = [f"{prefix}.{n}" for n, c in counts.items() if c == 0 and n not in may_idle]
     if idle:
         raise RuntimeError(f"Linear(s) {', '.join(idle)} received no calibration inputs in the layer's forward pass; "
                            f"they cannot be compressed with a calibration-based method.")
@@ -294,23 +307,44 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
     return leader_of
 
 
+def layer_targets(layer: nn.Module) -> dict[str, Target]:
+    """The block's compression targets, structure only (fused experts as views, no forward replaced)."""
+    return block_targets(layer, linear_modules(layer), moe.expert_views(layer))
+
+
 def check_nm_widths(model: nn.Module, layers: nn.ModuleList, layers_path: str, m: int) -> None:
-    """Every compressed Linear needs an input width divisible by M for N:M sparsity (checked before any work)."""
+    """Every compressed matrix needs an input width divisible by M for N:M sparsity (checked before any work)."""
     for index, layer in enumerate(layers):
-        for name, lin in linear_modules(layer).items():
-            if lin.in_features % m:
+        for name, target in layer_targets(layer).items():
+            if target.in_features % m:
                 raise ValueError(f"N:M sparsity with M={m} needs input widths divisible by {m}, but "
-                                 f"{layers_path}.{index}.{name} has in_features={lin.in_features}.")
+                                 f"{layers_path}.{index}.{name} has in_features={target.in_features}.")
+
+
+def _fill_idle_statistics(compressors: dict[str, LayerCompressor], tokens: dict[str, int], prefix: str) -> list[str]:
+    """Experts that saw no token (``moe_calibration=routed``) get identity statistics: compressed by weight
+    magnitude, never zeroed by the dead-input rule. Returns their names."""
+    idle = [n for n in compressors if tokens.get(n, 0) == 0]
+    for name in idle:
+        compressors[name].use_identity_statistics()
+    if idle:
+        logger.warning("%s: %d expert matrix(es) received no calibration token (moe_calibration=routed); "
+                       "compressed from identity statistics (by weight magnitude): %s", prefix, len(idle),
+                       ", ".join(idle))
+    return idle
 
 
 @torch.no_grad()
 def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], LayerCompressor], needs_calibration: bool,
                     tokens: torch.Tensor | None = None, device: torch.device | None = None, batch_size: int | None = None,
                     true_sequential: bool = False, progress: bool = True, desc: str = "compress",
-                    share_inputs: bool = True) -> list[LayerStats]:
-    """Compress every Linear of every decoder block, layer by layer; return one LayerStats per Linear.
+                    share_inputs: bool = True, moe_calibration: str = "all",
+                    block_weights: list[dict] | None = None) -> list[LayerStats]:
+    """Compress every target of every decoder block, layer by layer; return one LayerStats per target.
 
-    ``share_inputs``: Linears fed the same input tensor share one statistic accumulation (see ``_collect``).
+    ``share_inputs``: targets fed the same input tensor share one statistic accumulation (see ``_collect``).
+    ``moe_calibration``: ``all`` | ``routed``, which tokens MoE experts' statistics see (:mod:`.moe`).
+    ``block_weights``: if given, receives one :func:`measure_block` record per >= 2-D block weight.
     """
     layers_path, layers = find_decoder_layers(model)
     fixed_device = torch.device(device) if device is not None else None
@@ -344,23 +378,34 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                 inps, calls[index] = placement.send((inps, calls[index]), layer_device)
             block.enter_context(placement.onloaded(layer, layer_device, root=model, prefix=prefix))
             linears = linear_modules(layer)
-            if needs_calibration and true_sequential:
-                groups = _true_sequential_groups(layer, linears, inps[0], calls[index][0])
-            else:
-                groups = [list(linears)]
-            for group in groups:
-                compressors = {name: make_compressor(linears[name]) for name in group}
-                for name, comp in compressors.items():
-                    if hasattr(comp, "name"):
-                        comp.name = f"{prefix}.{name}"
-                if needs_calibration:
-                    _collect(layer, compressors, linears, inps, calls[index], prefix, share_inputs)
-                for name, comp in compressors.items():
-                    s = comp.compress()
-                    s.name, s.block = f"{prefix}.{name}", index
-                    stats.append(s)
-                    comp.free()
-                del compressors
+            with moe.calibration_view(layer, moe_calibration) as views:
+                targets = block_targets(layer, linears, views)
+                hooked = {name: t.module for name, t in targets.items()}
+                may_idle = frozenset(n for n, t in targets.items() if t.expert is not None and moe_calibration == "routed")
+                if needs_calibration and true_sequential:
+                    groups = _true_sequential_groups(layer, hooked, inps[0], calls[index][0])
+                else:
+                    groups = [list(targets)]
+                for group in groups:
+                    compressors = {name: make_compressor(targets[name]) for name in group}
+                    for name, comp in compressors.items():
+                        if hasattr(comp, "name"):
+                            comp.name = f"{prefix}.{name}"
+                    seen: dict[str, int] = {}
+                    if needs_calibration:
+                        _collect(layer, compressors, hooked, inps, calls[index], prefix, share_inputs, seen, may_idle)
+                        _fill_idle_statistics({n: c for n, c in compressors.items() if n in may_idle}, seen, prefix)
+                    for name, comp in compressors.items():
+                        s = comp.compress()
+                        s.name, s.block, s.param = f"{prefix}.{name}", index, f"{prefix}.{targets[name].param}"
+                        s.expert, s.in_features = targets[name].expert, targets[name].in_features
+                        if needs_calibration:
+                            s.tokens = seen.get(name, 0)
+                        stats.append(s)
+                        comp.free()
+                    del compressors
+            if block_weights is not None:
+                block_weights.extend(measure_block(layer, block_roles(layer, linears), prefix, index))
             if needs_calibration and index + 1 < len(layers):
                 inps = _run_layer(layer, inps, calls[index])
             calls_done = calls[index] if calls else None
@@ -370,7 +415,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             block.close()  # offloaded weights written back where they live, moved tensors back home
             if layer_device.type == "cuda":
                 torch.cuda.empty_cache()
-            logger.info("%s: compressed %d Linear(s) in %.2fs", prefix, len(linears), time.perf_counter() - start)
+            logger.info("%s: compressed %d matrices in %.2fs", prefix, len(targets), time.perf_counter() - start)
     except BaseException as exc:
         block.__exit__(type(exc), exc, exc.__traceback__)  # nothing written back for a failed block
         raise

@@ -12,7 +12,7 @@ from kick_models.compress.nm import count_zeros, threshold_mask
 
 
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
-                    blocksize: int = 128, damp: float = 0.01, name: str = "") -> tuple[torch.Tensor, float]:
+                    blocksize: int = 128, damp: float = 0.01, name: str = "", record: dict | None = None) -> tuple[torch.Tensor, float]:
     """Prune the float32 matrix ``W`` (rows x columns) with Hessian ``H``; returns (pruned W, loss).
 
     Unstructured: per block of ``blocksize`` columns, the reference rule over the whole rows x count
@@ -26,7 +26,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
     dead = dead_inputs(H)
     W[:, dead] = 0
     rows, columns = W.shape
-    Hinv = inverse_cholesky_upper(H, damp, name)
+    Hinv = inverse_cholesky_upper(H, damp, name, record)
     loss = torch.zeros((), dtype=W.dtype, device=W.device)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
@@ -65,8 +65,9 @@ class SparseGPTPruner(HessianStatistics):
     def compress(self) -> LayerStats:
         start = time.perf_counter()
         weight = self.layer.weight
+        used: dict = {}
         W, loss = sparsegpt_prune(weight.data.float(), self.hessian.H, self.config.sparsity, self.config.nm,
-                                  self.config.blocksize, self.config.damp, self.name)
+                                  self.config.blocksize, self.config.damp, self.name, used)
         weight.data.copy_(W.to(weight.dtype))
         return LayerStats(numel=weight.numel(), zeros=count_zeros(weight.data), seconds=time.perf_counter() - start,
-                          error=loss)
+                          error=loss, damp=used.get("damp"))

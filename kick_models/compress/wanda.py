@@ -78,6 +78,11 @@ class WandaPruner:
     def add_batch(self, inp: torch.Tensor) -> None:
         self.norms.add_batch(inp)
 
+    def use_identity_statistics(self) -> None:
+        """No input seen: every input norm is 1, so the metric is ``|W|`` (magnitude per output row)."""
+        if self.norms.nsamples == 0:
+            self.norms.scaler_row.fill_(1.0)
+
     def share_statistics_from(self, other: "WandaPruner") -> None:
         """Use ``other``'s input norms (same input tensor); they are only read."""
         self.norms = other.norms
