@@ -17,6 +17,7 @@ import time
 import torch
 from torch import nn
 
+from kick_models.compress import placement
 from kick_models.compress.base import LayerStats
 from kick_models.compress.calibration import fingerprint, load_calibration, model_max_positions
 from kick_models.compress.config import CalibrationConfig, CompressionConfigError, PruneConfig, QuantConfig
@@ -99,8 +100,10 @@ def _measured_only(model: nn.Module) -> tuple[list[LayerStats], list[dict]]:
     path, layers = find_decoder_layers(model)
     stats: list[LayerStats] = []
     weights: list[dict] = []
+    fallback = placement.model_device(model)
     for i, layer in enumerate(layers):
-        s, w = measure_layer(layer, path, i)
+        with placement.onloaded(layer, placement.execution_device(layer) or fallback, write_back=False):  # offloaded
+            s, w = measure_layer(layer, path, i)
         stats += s
         weights += w
     return stats, weights
@@ -118,6 +121,8 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
         raise TypeError(f"config must be a PruneConfig or QuantConfig, got {type(config).__name__}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
         raise CompressionConfigError(f"Invalid batch_size={batch_size!r}: expected a positive integer or None.")
+    if device is not None:
+        device = placement.check_compute_device(device, "device")
     start = time.perf_counter()
     model.eval()
     path, layers = find_decoder_layers(model)

@@ -160,9 +160,10 @@ def local_identity(folder: str | os.PathLike, gguf_file: str | None, subfolder: 
 
 def tensors_identity(model: torch.nn.Module) -> dict:
     """Identity of an in-memory model: sha256 over every parameter and buffer."""
+    from kick_models.compress.placement import state_items
+
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach()
+    for name, t in state_items(model):  # sorted; offloaded (meta) tensors read from their hook's weights map
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"kind": "in-memory", "name_or_path": getattr(model, "name_or_path", ""), "sha256": h.hexdigest()}
@@ -286,17 +287,36 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def verify_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """The weights ``model`` will use (offloaded ones read back from where they live) equal the cached ones."""
+    from kick_models.compress.placement import read_tensor
+
+    wrong = []
+    for key, value in tensors.items():
+        if key.startswith(QUANT_PREFIX):
+            continue
+        used = read_tensor(model, key)
+        if not torch.equal(used.to("cpu"), value.to(dtype=used.dtype)):
+            wrong.append(key)
+    if wrong:
+        raise RuntimeError(f"kick cache: restoring compressed weights did not take for {len(wrong)} tensor(s) "
+                           f"(first: {wrong[0]}); the model would run with weights other than the cached ones.")
+
+
 def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:
     """``"<linear>.weight" -> tensor`` (CPU, contiguous) for every compressed Linear of ``report``."""
+    from kick_models.compress.placement import read_tensor
+
     out = {}
     for layer in report.layers:
-        module = model.get_submodule(layer.name)
-        out[f"{layer.name}.weight"] = module.weight.detach().to("cpu").contiguous()
+        out[f"{layer.name}.weight"] = read_tensor(model, f"{layer.name}.weight").to("cpu").contiguous()
     return out
 
 
 def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
-    """Copy cached ``"<linear>.weight"`` tensors into ``model`` in place; returns how many."""
+    """Copy cached tensors into ``model`` (in place, or where offloaded weights live); returns how many."""
+    from kick_models.compress.placement import write_tensor
+
     n = 0
     with torch.no_grad():
         for key, value in tensors.items():
@@ -305,7 +325,7 @@ def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> i
             module = model.get_submodule(key[: -len(".weight")])
             if tuple(module.weight.shape) != tuple(value.shape):
                 raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(module.weight.shape)}")
-            module.weight.data.copy_(value.to(device=module.weight.device, dtype=module.weight.dtype))
+            write_tensor(model, key, value)  # in place, or where an offloaded weight lives
             n += 1
     return n
 
@@ -368,6 +388,7 @@ class CompressionCache:
             return None
         meta, tensors = got
         apply_weights(model, tensors)
+        verify_weights(model, tensors)  # offloaded models: the restore went through the write-back path
         qp = {k[len(QUANT_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUANT_PREFIX)}
         return report_from_json(meta["report"], qp)
 

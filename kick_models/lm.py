@@ -81,14 +81,11 @@ def _check_typos(rest: dict, known: tuple[str, ...]) -> None:
 
 
 def _parse_device(value: Any) -> torch.device | None:
+    from kick_models.compress.placement import check_compute_device
+
     if value is None or value == "":
         return None
-    try:
-        device = torch.device(str(value))
-    except (RuntimeError, ValueError):
-        raise CompressionConfigError(
-            f"Invalid compress_device={value!r}: expected a torch device such as cpu, cuda, cuda:1 or mps."
-        ) from None
+    device = check_compute_device(value)  # cpu, cuda[:i] or mps: devices that hold data
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CompressionConfigError(f"Invalid compress_device={value!r}: CUDA is not available on this machine.")
@@ -183,12 +180,11 @@ class _KickCompressedLM(HFLM):
         return accelerator.unwrap_model(model) if accelerator is not None else model
 
     def _kick_device(self, model: torch.nn.Module) -> torch.device:
+        from kick_models.compress.placement import model_device
+
         if self._kick_compress_device is not None:
             return self._kick_compress_device
-        try:
-            return next(model.parameters()).device
-        except StopIteration:  # pragma: no cover
-            return torch.device("cpu")
+        return model_device(model)  # a dispatched/offloaded model: where its input embeddings run, never "meta"
 
     def _kick_is_noop(self) -> bool:
         cfg = self._kick_config

@@ -60,10 +60,9 @@ def is_dispatched(model: nn.Module) -> bool:
 
 
 def is_offloaded(module: nn.Module) -> bool:
-    """True when ``module``'s own tensors are offloaded behind an accelerate hook (accelerate's definition)."""
-    from accelerate.utils import has_offloaded_params
-
-    return has_offloaded_params(module)
+    """True when ``module``'s own tensors are offloaded behind an accelerate hook (accelerate's
+    ``has_offloaded_params``, also when the hook sits inside a SequentialHook, as ``cpu_offload`` leaves it)."""
+    return any(h.offload for h in align_hooks(module))
 
 
 def _offload_hook(module: nn.Module) -> Any:
@@ -243,6 +242,20 @@ def state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @contextlib.contextmanager
+def _materialized(module: nn.Module, hook: Any, device: torch.device) -> Iterator[None]:
+    """``module``'s offloaded tensors loaded from the hook's weights map onto ``device`` and dropped back to meta
+    after: the calls accelerate's ``align_module_device`` makes, also for a hook inside a SequentialHook."""
+    original = hook.execution_device
+    hook.execution_device = device
+    try:
+        hook.pre_forward(module)
+        yield
+    finally:
+        hook.post_forward(module, None)
+        hook.execution_device = original
+
+
+@contextlib.contextmanager
 def _hooks_on(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
     """Every align hook of ``modules`` runs on ``device`` and does not (re)load weights meanwhile."""
     saved = []
@@ -267,8 +280,6 @@ def onloaded(layer: nn.Module, device: torch.device, root: nn.Module | None = No
     ``write_back=False`` (measuring only) leaves the stored values untouched. On an exception nothing is
     written: offloaded submodules keep their stored (uncompressed) values.
     """
-    from accelerate.utils import align_module_device
-
     root = root if root is not None else layer
     modules = list(layer.named_modules())
     offloaded = [(".".join(p for p in (prefix, name) if p), m, _offload_hook(m)) for name, m in modules if is_offloaded(m)]
@@ -276,8 +287,8 @@ def onloaded(layer: nn.Module, device: torch.device, root: nn.Module | None = No
     moved: list[tuple[torch.Tensor, torch.device]] = []
     seen: set[int] = set()
     with contextlib.ExitStack() as stack:
-        for _, m, _ in offloaded:
-            stack.enter_context(align_module_device(m, device))  # loads the weights map onto ``device``
+        for _, m, hook in offloaded:
+            stack.enter_context(_materialized(m, hook, device))
         for _, m in modules:
             if id(m) in offloaded_ids:
                 continue
