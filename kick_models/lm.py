@@ -157,6 +157,11 @@ class _KickCompressedLM(HFLM):
             **{k: rest[k] for k in ("revision", "gguf_file", "subfolder", "peft", "delta") if rest.get(k)},
         }
         check_pretrained(pretrained)  # after every argument check, before the load
+        if self._kick_config.needs_calibration and not self._kick_is_noop():
+            from kick_models.compress.calibration import resolve_source
+
+            # calibration data resolved (or a DataNotFoundError listing every place tried) before the load
+            self._kick_record["calibration_data"] = resolve_source(self._kick_config.calibration.source)[2]
         super().__init__(pretrained=pretrained, **rest)
         if self._kick_report is None:  # ``pretrained`` was a model object: _create_model was not called
             self._kick_apply(pretrained=pretrained, revision=rest.get("revision"), gguf_file=None,

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_tasks.results_io import ResultsError, Run, load_samples, load_single_run
+from kick_tasks.results_io import (ResultsError, Run, data_differences, data_provenance, format_provenance, load_samples,
+                                   load_single_run)
 from kick_tasks.stats import bootstrap_mean_ci, mcnemar_exact
 
 #: Per-task primary metric of the kick tasks (fnmatch patterns; override with --metric).
@@ -363,6 +364,11 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
                 raise
             report["errors"][task] = str(exc)
     report["groups"] = _pooled_groups(dense, compressed, paired, use_intersection, n_resamples, seed)
+    differences = data_differences(dense, compressed, chosen)
+    for problem in differences:
+        warnings.warn(problem, stacklevel=2)
+    report["data"] = {"dense": data_provenance(dense), "compressed": data_provenance(compressed),
+                      "differences": differences}
     return report
 
 
@@ -469,6 +475,13 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.append(f"\u2020 significant at {int(report['significance_level'] * 100)}% "
                  "(McNemar exact for binary metrics, bootstrap CI excluding 0 otherwise)")
+    data = report.get("data") or {}
+    for side in ("dense", "compressed"):
+        if data.get(side):
+            lines.append(f"data ({side} run):")
+            lines += [f"  {'calibration ' if key == 'calibration' else ''}{format_provenance(r)}"
+                      for key, r in data[side].items()]
+    lines += [f"WARNING: {problem}" for problem in data.get("differences") or []]
     return "\n".join(lines)
 
 

@@ -8,8 +8,10 @@ at most 16 new tokens) and 100 WikiText-2 windows of 512 tokens, through the rea
     kick demo                       # ~7 min on 2 idle CPU cores (15 on a busy one)
     kick demo --limit 200 --out runs/demo --pretrained /path/to/model   # any HF model folder / id
 
-Data comes from ``$KICK_DATA_DIR``; when it is unset and the project's ``../shared/data``
-folder exists (this development machine, CI), that folder is used.
+Data comes from ``$KICK_DATA_DIR`` when it is set; otherwise from the excerpt shipped inside the
+package (``kick_tasks/demo_data``: the first 100 FreebaseQA eval questions, 200 C4 validation
+documents, the first 300,000 characters of WikiText-2 test; see its MANIFEST.json and LICENSE files),
+so the demo runs offline anywhere. Only the demo uses that excerpt: the tasks themselves never fall back to it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import sys
 from pathlib import Path
 
 from kick_models.gguf import SMOLLM2_GGUF, GGUFError, smollm2_gguf
+from kick_tasks.data import DATA_DIR_ENV, DEMO_DATA_DIR
+
+#: Documents of each kind in the embedded excerpt (scripts/make_demo_data.py): FreebaseQA questions.
+DEMO_QUESTIONS = 100
 
 
 def smollm2_folder() -> Path:
@@ -31,11 +37,11 @@ def smollm2_folder() -> Path:
         raise SystemExit(f"kick demo: {exc}\n(or pass --pretrained <HF model folder or id>)") from None
 
 
-def default_data_dir() -> str | None:
-    if os.environ.get("KICK_DATA_DIR"):
-        return os.environ["KICK_DATA_DIR"]
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
+def default_data_dir() -> tuple[str, bool]:
+    """(data folder, is it the embedded excerpt): ``$KICK_DATA_DIR`` if set, else the package's demo data."""
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV], False
+    return str(DEMO_DATA_DIR), True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,18 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kick_tasks import report, sweep
 
-    data_dir = default_data_dir()
-    if data_dir:
-        os.environ["KICK_DATA_DIR"] = data_dir
-        print(f"kick demo: data from {data_dir}")
+    data_dir, embedded = default_data_dir()
+    if embedded and args.limit > DEMO_QUESTIONS:
+        print(f"kick demo: error: the embedded demo data holds {DEMO_QUESTIONS} FreebaseQA questions; for "
+              f"--limit {args.limit} set {DATA_DIR_ENV} to a full data folder (or see the README for the online "
+              "sources)", file=sys.stderr)
+        return 2
+    os.environ[DATA_DIR_ENV] = data_dir
+    if embedded:
+        print(f"kick demo: data: the excerpt shipped with kick ({data_dir}; {DATA_DIR_ENV} is unset)")
     else:
-        print("kick demo: KICK_DATA_DIR is unset: tasks will try their online sources")
+        print(f"kick demo: data from {data_dir}")
 
     if args.pretrained:
-        pretrained, model_args = args.pretrained, ""
+        pretrained, model_args, name = args.pretrained, "", None
     else:
         folder = smollm2_folder()
         pretrained, model_args = str(folder), f"gguf_file={SMOLLM2_GGUF},dtype=float32"
+        name = "SmolLM2-135M-Instruct"
     out = Path(args.out)
     sweep_dir = out / "sweep"
     sweep_args = [
@@ -86,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if model_args:
         sweep_args += ["--model_args", model_args]
+    if name:
+        sweep_args += ["--name", name]
     # lm_eval options: SmolLM2-Instruct answers nothing right without its chat template; short answers;
     # perplexity over 512-token windows (the SparseGPT/Wanda convention at a CPU-friendly length).
     sweep_args += ["--", "--gen_kwargs", f"max_gen_toks={args.max_gen_toks}",

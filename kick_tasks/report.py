@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kick_tasks.compare import METRIC_PREFERENCE, SIGNIFICANCE_LEVEL, compare_runs, table_metric
-from kick_tasks.results_io import Run, compression_info, config_label, load_runs
+from kick_tasks.results_io import (Run, compression_info, config_label, data_differences, data_provenance,
+                                   display_name, format_provenance, load_runs, run_display_name)
 
 DAGGER = "\u2020"
 MASK_BITS = 1.0  # presence-mask overhead per weight for pruned models (see module docstring)
@@ -195,18 +196,20 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
         group = [e for e in entries if e.base == base]
         dense = [e for e in group if e.is_dense]
         if not dense:
-            warnings.warn(f"no dense (uncompressed) run of {base[0]} among the folders: no dense-relative columns "
+            warnings.warn(f"no dense (uncompressed) run of {display_name(base[0])} among the folders: no dense-relative columns "
                           "for its configs", stacklevel=2)
             continue
         dense.sort(key=lambda e: (e.run.model != "hf", -len(e.run.samples_files)))
         if len(dense) > 1:
-            warnings.warn(f"{len(dense)} dense runs of {base[0]}; each config is scored against the one in the same "
+            warnings.warn(f"{len(dense)} dense runs of {display_name(base[0])}; each config is scored against the one in the same "
                           "sweep folder, else the one evaluated on the same documents", stacklevel=2)
         for e in group:
             if e.is_dense:
                 continue
             ref = min(dense, key=lambda d: _baseline_rank(e, d))
             e.dense = ref
+            for problem in data_differences(ref.run, e.run, [t for t in ref.run.tasks if t in e.run.tasks]):
+                warnings.warn(f"{e.label} vs its dense baseline {ref.label}: {problem}", stacklevel=2)
             common = [t for t in ref.run.tasks if t in e.run.tasks and t in ref.run.samples_files
                       and t in e.run.samples_files]  # (perplexities need no samples: aggregate columns)
             if not common:
@@ -253,7 +256,7 @@ def summary_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
                 dv = v if e.is_dense else dv
                 stderr = _num(entry.get(f"{metric}_stderr,{filt}"))
                 row = {
-                    "config": e.label, "model": e.run.pretrained, "model_class": e.run.model,
+                    "config": e.label, "model": run_display_name(e.run), "model_class": e.run.model,
                     "method": info["method"], "kind": info["kind"], "sparsity": info.get("sparsity"),
                     "sparsity_type": info.get("sparsity_type"), "wbits": info.get("wbits"),
                     "groupsize": info.get("groupsize"), "measured_sparsity": info.get("measured_sparsity"),
@@ -350,7 +353,7 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
 def leaderboard_markdown(entries: Sequence[Entry]) -> str:
     head, rows = leaderboard_table(entries)
     lines = ["# Leaderboard", ""]
-    bases = list(dict.fromkeys(e.base[0] + (f" ({e.base[1]})" if e.base[1] else "") for e in entries))
+    bases = list(dict.fromkeys(run_display_name(e.run) + (f" ({e.base[1]})" if e.base[1] else "") for e in entries))
     lines.append("Model(s): " + ", ".join(f"`{b}`" for b in bases))
     lines.append("")
     lines.append("| " + " | ".join(head) + " |")
@@ -364,7 +367,32 @@ def leaderboard_markdown(entries: Sequence[Entry]) -> str:
         f"the paired right/wrong outcomes; {DAGGER} = significant at {int(100 * SIGNIFICANCE_LEVEL)}%. "
         "Perplexity columns: lower is better, `x dense` = perplexity / dense perplexity.",
     ]
+    data = data_lines(entries)
+    if data:
+        lines += ["", "## Data", "", *[f"- {line}" for line in data]]
     return "\n".join(lines) + "\n"
+
+
+def data_lines(entries: Sequence[Entry]) -> list[str]:
+    """Each data set the runs used (task data and calibration), with the configs that used it when not all,
+    and a warning line wherever a config was scored on other data than its dense baseline."""
+    used: dict[tuple[str, str], tuple[dict[str, Any], list[str]]] = {}
+    for e in entries:
+        for key, record in data_provenance(e.run).items():
+            slot = used.setdefault((key, str(record.get("sha256"))), (record, []))
+            slot[1].append(e.label)
+    everyone = {e.label for e in entries}
+    calib_users = {e.label for e in entries if "calibration" in data_provenance(e.run)}
+    lines = []
+    for (key, _), (record, labels) in sorted(used.items(), key=lambda kv: (kv[0][0] == "calibration", kv[0][0])):
+        scope = everyone if key != "calibration" else calib_users
+        who = "" if set(labels) >= scope else f" (used by {', '.join(labels)})"
+        lines.append(("calibration " if key == "calibration" else "") + format_provenance(record) + who)
+    for e in entries:
+        if e.dense is not None:
+            common = [t for t in e.dense.run.tasks if t in e.run.tasks]
+            lines += [f"**Warning**: {e.label}: {p}" for p in data_differences(e.dense.run, e.run, common)]
+    return lines
 
 
 # --------------------------------------------------------------------------- plots
@@ -589,6 +617,9 @@ def write_html(entries: Sequence[Entry], images: Sequence[Path], path: Path) -> 
     parts.append("</table>")
     parts.append(f"<p>{DAGGER} significant at {int(100 * SIGNIFICANCE_LEVEL)}% (McNemar exact test on paired "
                  "outcomes). Retention = share of dense-correct items still correct.</p>")
+    data = data_lines(entries)
+    if data:
+        parts.append("<h2>Data</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in data) + "</ul>")
     for img in images:
         data = base64.b64encode(img.read_bytes()).decode("ascii")
         parts.append(f"<h3>{html.escape(img.stem)}</h3><img alt='{html.escape(img.stem)}' "

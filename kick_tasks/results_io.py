@@ -348,3 +348,84 @@ def config_label(run: Run) -> str:
     bits = f"{info['wbits']}-bit" if info["wbits"] is not None else ""
     group = f" g{info['groupsize']}" if info["groupsize"] not in (None, -1) else ""
     return f"{info['method']} {bits}{group}".strip()
+
+
+# --------------------------------------------------------------------------- model names and data provenance
+
+
+def display_name(pretrained: str, name: str | None = None) -> str:
+    """A model's name for tables: ``name`` if given, a Hub id as is, a local folder's last part."""
+    if name:
+        return name
+    text = str(pretrained).rstrip("/\\")
+    looks_local = text.startswith(("/", ".", "~")) or "\\" in text or Path(text).expanduser().exists()
+    return Path(text).name if looks_local and Path(text).name else text
+
+
+def sweep_manifest(folder: Path) -> dict[str, Any] | None:
+    """The ``sweep.json`` of the sweep a run folder belongs to (searched upwards), or None."""
+    for parent in [Path(folder), *Path(folder).parents]:
+        data = _load_json(parent / "sweep.json") if (parent / "sweep.json").is_file() else None
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def run_display_name(run: Run) -> str:
+    """The display name of a run's model: its sweep's ``--name`` if any, else :func:`display_name`."""
+    manifest = sweep_manifest(run.folder) or {}
+    same_model = manifest.get("model") in (None, run.pretrained)
+    return display_name(run.pretrained, manifest.get("name") if same_model else None)
+
+
+def data_provenance(run: Run) -> dict[str, dict[str, Any]]:
+    """Per data set the run used, its provenance record (source, stand_in, excerpt, records, sha256).
+
+    Task data: ``configs.<task>.metadata.kick_data`` (kick_tasks.data); calibration:
+    ``config.kick_compression.calibration_data`` (the kick model classes), under ``"calibration"``.
+    Runs written before provenance was recorded give an empty dict.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for task in run.tasks:
+        block = (run.task_configs.get(task, {}).get("metadata") or {}).get("kick_data")
+        if isinstance(block, dict):
+            out.update({k: v for k, v in block.items() if isinstance(v, dict)})
+    summary = run.config.get("kick_compression")
+    if isinstance(summary, dict) and isinstance(summary.get("calibration_data"), dict):
+        out["calibration"] = summary["calibration_data"]
+    return out
+
+
+def format_provenance(record: dict[str, Any]) -> str:
+    """One line: ``name: location source (N records, sha256 abcdef012345) [stand-in: why] [excerpt: what]``."""
+    text = (f"{record.get('name', '?')}: {record.get('location', '?')} {record.get('source', '?')} "
+            f"({record.get('records')} records, sha256 {str(record.get('sha256', ''))[:12]})")
+    if record.get("stand_in"):
+        text += f" [stand-in: {record['stand_in']}]"
+    if record.get("excerpt"):
+        text += f" [{record['excerpt']}]"
+    return text
+
+
+def data_differences(a: Run, b: Run, tasks: Iterable[str] | None = None) -> list[str]:
+    """Warnings for data sets (of ``tasks``, default all) whose content differs between two runs.
+
+    Calibration data is left out (it belongs to how a model was compressed, not to what it was scored on).
+    """
+    def task_data(run: Run) -> dict[str, dict[str, Any]]:
+        out = {}
+        for task in (tasks if tasks is not None else run.tasks):
+            block = (run.task_configs.get(task, {}).get("metadata") or {}).get("kick_data")
+            if isinstance(block, dict):
+                out.update({k: v for k, v in block.items() if isinstance(v, dict)})
+        return out
+
+    da, db = task_data(a), task_data(b)
+    problems = []
+    for name in sorted(set(da) | set(db)):
+        ra, rb = da.get(name), db.get(name)
+        if ra is None or rb is None:
+            continue  # one run predates provenance records: nothing to compare
+        if ra.get("sha256") != rb.get("sha256"):
+            problems.append(f"the runs used different {name} data: {format_provenance(ra)} vs {format_provenance(rb)}")
+    return problems

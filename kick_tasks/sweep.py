@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from kick_tasks.results_io import display_name
+
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
 METHODS = PRUNE_METHODS + QUANT_METHODS
@@ -411,6 +413,17 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def preflight(configs: Sequence[SweepConfig], ns: argparse.Namespace, passthrough: list[str]) -> list[dict]:
+    """Resolve every data set of the tasks and of the calibration once, before any config starts
+    (one error listing every missing data set and every place tried; see kick_tasks.preflight)."""
+    from kick_tasks.preflight import PreflightError, sweep_preflight
+
+    try:
+        return sweep_preflight(configs, ns.task_list, passthrough)
+    except PreflightError as exc:
+        raise SweepError(str(exc)) from None
+
+
 def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     out = Path(ns.output).resolve()
     configs = build_configs(ns)
@@ -424,9 +437,12 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
         for c, cmd in plan:
             print(f"{c.slug}: {shlex.join(cmd)}")
         return 0
+    data = preflight(configs, ns, passthrough)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         **identity,
+        "name": ns.name or display_name(ns.model),
+        "data": data,
         "tasks": ns.task_list,
         "lm_eval_args": {k: getattr(ns, k) for k in ("limit", "batch_size", "device", "include_path")},
         "passthrough": passthrough,
@@ -542,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="lm_eval --device")
     p.add_argument("--include_path", "--include-path", dest="include_path", help="lm_eval --include_path")
     p.add_argument("--force", action="store_true", help="run even if --output holds another model's results")
+    p.add_argument("--name", help="the model's display name in sweep.json and kick report "
+                                  "(default: the model id, or a local folder's last part)")
     p.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and exit")
     p.add_argument("--verbose", "-v", action="store_true", help="also echo lm_eval's output")
     return p

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from kick_models.compress.config import CalibrationConfig
-from kick_tasks.data import DataNotFoundError, DataSchemaError, resolve
+from kick_tasks.data import DataNotFoundError, DataSchemaError, provenance, resolve_with_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,13 @@ class CalibrationDataError(ValueError):
     """The calibration source exists but cannot give the requested windows."""
 
 
+C4_STAND_IN = (f"C4 VALIDATION documents stand in for the paper's C4 TRAIN shard {C4_ONLINE[0]} {C4_ONLINE[1]} "
+               "(used when no local copy is configured)")
+
+
 # --------------------------------------------------------------------------- loading sources
-# Each loader returns either ("documents", list[str]) or ("stream", str).
+# Each loader returns ("documents", list[str]) or ("stream", str), plus the provenance record
+# (kick_tasks.data.provenance: source, stand_in, records, sha256).
 
 
 def _read_parquet_texts(path: Path) -> list[str]:
@@ -74,11 +79,8 @@ def _read_jsonl_texts(path: Path) -> list[str]:
     return texts
 
 
-def _load_c4() -> tuple[str, list[str]]:
+def _load_c4() -> tuple[str, list[str], dict]:
     def local(path: Path) -> list[str]:
-        logger.warning(
-            "C4 calibration: using the offline stand-in %s (C4 VALIDATION documents); the reference samples the "
-            "first TRAIN shard %s, which is used when no local copy is configured.", path, C4_ONLINE[1])
         return _read_parquet_texts(path)
 
     def online() -> list[str]:
@@ -87,11 +89,12 @@ def _load_c4() -> tuple[str, list[str]]:
         data = load_dataset(C4_ONLINE[0], data_files={"train": C4_ONLINE[1]}, split="train")
         return data["text"]
 
-    return "documents", resolve("C4 calibration data", C4_LOCAL, local, online,
-                                f"{C4_ONLINE[0]} data_files={C4_ONLINE[1]}")
+    return "documents", *resolve_with_provenance("C4 calibration data", C4_LOCAL, local, online,
+                                                 f"{C4_ONLINE[0]} data_files={C4_ONLINE[1]}",
+                                                 local_stand_in=C4_STAND_IN)
 
 
-def _load_wikitext2() -> tuple[str, str]:
+def _load_wikitext2() -> tuple[str, str, dict]:
     def local(path: Path) -> str:
         lines = path.read_text(encoding="utf-8").split("\n")
         return "\n\n".join(line + "\n" if line.strip() else "" for line in lines)
@@ -102,8 +105,8 @@ def _load_wikitext2() -> tuple[str, str]:
         return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"])
 
     try:
-        return "stream", resolve("WikiText-2 TRAIN calibration data", WIKITEXT2_LOCAL_TRAIN, local, online,
-                                 "wikitext/wikitext-2-raw-v1 split=train")
+        return "stream", *resolve_with_provenance("WikiText-2 TRAIN calibration data", WIKITEXT2_LOCAL_TRAIN, local,
+                                                  online, "wikitext/wikitext-2-raw-v1 split=train")
     except DataNotFoundError as exc:
         raise DataNotFoundError(
             f"{exc}\nWikiText-2 calibration needs the TRAIN split: only {WIKITEXT2_LOCAL_TRAIN} in the data "
@@ -112,7 +115,17 @@ def _load_wikitext2() -> tuple[str, str]:
         ) from None
 
 
-def _load_file(path: Path) -> tuple[str, str | list[str]]:
+def _file_record(path: Path, value) -> dict:
+    record = provenance(f"calibration file {path.name}", "local", str(path.resolve()), value)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    record["file_sha256"] = h.hexdigest()
+    return record
+
+
+def _load_file(path: Path) -> tuple[str, str | list[str], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"Calibration file {path} does not exist.")
     suffix = path.suffix.lower()
@@ -120,33 +133,63 @@ def _load_file(path: Path) -> tuple[str, str | list[str]]:
         text = path.read_text(encoding="utf-8")
         if not text.strip():
             raise CalibrationDataError(f"Calibration file {path} is empty.")
-        return "stream", text
+        return "stream", text, _file_record(path, text)
     texts = _read_jsonl_texts(path) if suffix == ".jsonl" else _read_parquet_texts(path)
     if not texts:
         raise CalibrationDataError(f"Calibration file {path} is empty (no non-empty 'text' records).")
-    return "documents", texts
+    return "documents", texts, _file_record(path, texts)
 
 
-def _load_hf(dataset_id: str) -> tuple[str, list[str]]:
+def _load_hf(dataset_id: str) -> tuple[str, list[str], dict]:
     from datasets import load_dataset
 
     name, _, config = dataset_id.partition(":")
     data = load_dataset(name, config or None, split="train")
     if "text" not in data.column_names:
         raise DataSchemaError(f"Hugging Face dataset {dataset_id!r} has no 'text' column (columns: {data.column_names}).")
-    return "documents", [t for t in data["text"] if t]
+    texts = [t for t in data["text"] if t]
+    return "documents", texts, provenance(f"calibration dataset {dataset_id}", "online",
+                                          f"Hugging Face dataset {dataset_id} split=train", texts)
+
+
+#: The last source resolved (key: source + data dir), so that resolving it before the model loads
+#: (:func:`resolve_source`) does not read it twice; :func:`load_calibration` consumes it.
+_RESOLVED: dict[tuple[str, str], tuple[str, str | list[str], dict]] = {}
+
+
+def _memo_key(source: str) -> tuple[str, str]:
+    return source, os.environ.get("KICK_DATA_DIR", "")
+
+
+def resolve_source(source: str) -> tuple[str, str | list[str], dict]:
+    """Load a calibration source: ``(kind, data, provenance)``, kind ``"documents"`` or ``"stream"``.
+
+    ``provenance``: where it came from (local path / online id), ``stand_in`` (why it is not the
+    paper's source, or None), ``records`` and ``sha256`` (see :mod:`kick_tasks.data`). Kept in memory
+    until :func:`load_calibration` uses it, so the kick-* models resolve it before the model loads.
+    """
+    key = _memo_key(source)
+    if key in _RESOLVED:
+        return _RESOLVED[key]
+    if source == "c4":
+        result = _load_c4()
+    elif source == "wikitext2":
+        result = _load_wikitext2()
+    else:
+        path = Path(os.path.expanduser(source))
+        if path.suffix.lower() in (".txt", ".jsonl", ".parquet") or path.exists():
+            result = _load_file(path)
+        else:
+            result = _load_hf(source)
+    _RESOLVED.clear()
+    _RESOLVED[key] = result
+    return result
 
 
 def load_source(source: str) -> tuple[str, str | list[str]]:
     """Load a calibration source as ``("documents", texts)`` or ``("stream", text)``."""
-    if source == "c4":
-        return _load_c4()
-    if source == "wikitext2":
-        return _load_wikitext2()
-    path = Path(os.path.expanduser(source))
-    if path.suffix.lower() in (".txt", ".jsonl", ".parquet") or path.exists():
-        return _load_file(path)
-    return _load_hf(source)
+    kind, data, _ = resolve_source(source)
+    return kind, data
 
 
 # --------------------------------------------------------------------------- windows
@@ -222,10 +265,17 @@ def effective_seqlen(seqlen: int, max_positions: int | None) -> int:
     return seqlen
 
 
-def load_calibration(cfg: CalibrationConfig, tokenizer, max_positions: int | None = None) -> torch.LongTensor:
-    """Token windows ``[cfg.nsamples, seqlen]`` from ``cfg.source`` (seqlen capped at ``max_positions``)."""
+def load_calibration(cfg: CalibrationConfig, tokenizer, max_positions: int | None = None,
+                     record: dict | None = None) -> torch.LongTensor:
+    """Token windows ``[cfg.nsamples, seqlen]`` from ``cfg.source`` (seqlen capped at ``max_positions``).
+
+    ``record``: a dict to fill with the source's provenance (see :func:`resolve_source`).
+    """
     seqlen = effective_seqlen(cfg.seqlen, max_positions)
-    kind, data = load_source(cfg.source)
+    kind, data, source_record = resolve_source(cfg.source)
+    _RESOLVED.pop(_memo_key(cfg.source), None)
+    if record is not None:
+        record.update(source_record)
     what = f"data from {cfg.source!r}"
     if kind == "stream":
         tokens = windows_from_stream(data, tokenizer, cfg.nsamples, seqlen, cfg.seed, what=what)
