@@ -304,12 +304,15 @@ def verify_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 
 
 def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:
-    """``"<linear>.weight" -> tensor`` (CPU, contiguous) for every compressed Linear of ``report``."""
+    """``"<parameter>" -> tensor`` (CPU, contiguous) for every parameter holding a compressed matrix of ``report``
+    (a Linear's ``.weight``, a Conv1D weight, a fused MoE experts tensor: once for all its expert slices)."""
     from kick_models.compress.placement import read_tensor
 
     out = {}
     for layer in report.layers:
-        out[f"{layer.name}.weight"] = read_tensor(model, f"{layer.name}.weight").to("cpu").contiguous()
+        name = getattr(layer, "param", None) or f"{layer.name}.weight"
+        if name not in out:
+            out[name] = read_tensor(model, name).to("cpu").contiguous()  # offloaded: from its hook's map
     return out
 
 
@@ -320,11 +323,11 @@ def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> i
     n = 0
     with torch.no_grad():
         for key, value in tensors.items():
-            if key.startswith(QUANT_PREFIX) or not key.endswith(".weight"):
+            if key.startswith(QUANT_PREFIX):
                 continue
-            module = model.get_submodule(key[: -len(".weight")])
-            if tuple(module.weight.shape) != tuple(value.shape):
-                raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(module.weight.shape)}")
+            param = model.get_parameter(key)
+            if tuple(param.shape) != tuple(value.shape):
+                raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(param.shape)}")
             write_tensor(model, key, value)  # in place, or where an offloaded weight lives
             n += 1
     return n

@@ -56,9 +56,10 @@ logger = logging.getLogger("lm_eval.kick")  # under "lm_eval" so lm-eval's log h
 
 #: Arguments this module adds to every compressing class.
 COMPUTE_ARGS = ("compress_device", "compress_batch_size", "cache_dir", "cache", "save_compressed")
-PRUNE_ARGS = ("method", "sparsity", "sparsity_type", "use_variant", "blocksize", "damp", "calib", "nsamples", "seqlen", "seed")
+PRUNE_ARGS = ("method", "sparsity", "sparsity_type", "use_variant", "blocksize", "damp", "calib", "nsamples", "seqlen", "seed",
+              "moe_calibration", "allow_partial")
 QUANT_ARGS = ("method", "wbits", "groupsize", "act_order", "sym", "static_groups", "true_sequential", "damp",
-              "blocksize", "calib", "nsamples", "seqlen", "seed")
+              "blocksize", "calib", "nsamples", "seqlen", "seed", "moe_calibration", "allow_partial")
 BNB_ARGS = ("method", "compute_dtype", "double_quant")
 _ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS))
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
@@ -248,9 +249,11 @@ class _KickCompressedLM(HFLM):
     def _kick_apply(self, pretrained, revision, gguf_file, subfolder, peft, delta) -> None:
         """Compress the loaded model (or load it from the cache) and keep the record."""
         from kick_models import distributed
+        from kick_models.api import check_coverage
         from kick_models.cache import CompressionCache
 
         model = self._kick_model()
+        check_coverage(model, self._kick_config)  # uncovered block weights refused before any calibration work
         rank, world = distributed.world()
         record = self._kick_record
         record.update(compressed_in_this_process=False, compress_device=str(self._kick_device(model)))
@@ -370,6 +373,8 @@ class _KickCompressedLM(HFLM):
             "bits_per_weight": summary.get("bits_per_weight"),
             "compression_seconds": summary.get("seconds"),
             "n_layers": summary.get("n_layers"),
+            "coverage": summary.get("coverage"),
+            **{k: summary[k] for k in ("damp_raised", "expert_tokens") if k in summary},
             "calibration_fingerprint": summary.get("calibration_fingerprint"),
             **self._kick_record,
         }
@@ -385,8 +390,10 @@ class KickPrunedLM(_KickCompressedLM):
 
     Model args: ``method`` (required), ``sparsity`` (default 0.5, or N/M), ``sparsity_type``
     (``unstructured`` | ``N:M``), ``use_variant`` (Wanda), ``blocksize``/``damp`` (SparseGPT),
-    ``calib`` (c4 | wikitext2 | file | HF dataset id), ``nsamples``, ``seqlen``, ``seed``, plus
-    the compute args of the module docstring and every ``hf`` argument.
+    ``calib`` (c4 | wikitext2 | file | HF dataset id), ``nsamples``, ``seqlen``, ``seed``,
+    ``moe_calibration`` (all | routed: which tokens MoE experts' statistics see), ``allow_partial``
+    (compress a model whose blocks hold weights kick cannot compress), plus the compute args of the
+    module docstring and every ``hf`` argument.
     """
 
     MODEL_NAME = "kick-pruned"
@@ -401,8 +408,9 @@ class KickQuantizedLM(_KickCompressedLM):
 
     Model args: ``method`` (gptq | rtn), ``wbits`` (2/3/4/8), ``groupsize`` (-1 = per row),
     ``act_order``, ``sym``, ``static_groups``, ``true_sequential``, ``damp``, ``blocksize``,
-    ``calib`` (default wikitext2, which needs the Hub), ``nsamples``, ``seqlen``, ``seed``, plus
-    the compute args of the module docstring and every ``hf`` argument.
+    ``calib`` (default wikitext2, which needs the Hub), ``nsamples``, ``seqlen``, ``seed``,
+    ``moe_calibration``, ``allow_partial`` (as for kick-pruned), plus the compute args of the module
+    docstring and every ``hf`` argument.
     """
 
     MODEL_NAME = "kick-gptq"

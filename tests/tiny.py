@@ -28,6 +28,20 @@ _TRAIN_TEXT = [
 ]
 
 FAMILIES = ("llama", "qwen2", "gemma2", "mistral", "qwen3", "gemma3_text")
+#: Further dense families (other layouts: fused qkv, LayerNorm + bias, GPT-2 ``Conv1D``) and MoE families.
+DENSE_FAMILIES = ("llama", "qwen2", "gemma3_text", "phi3", "opt", "gpt_neox", "falcon", "gpt2")
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3")
+
+# Per-family config arguments on top of the common llama-style ones (4 experts, 2 per token, expert width 32).
+_FAMILY_KWARGS = {
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=64, decoder_sparse_step=1),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16, decoder_sparse_step=1),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                        first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32, kv_lora_rank=16,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
+}
 
 
 def make_tokenizer(vocab_size: int = 384):
@@ -75,6 +89,12 @@ def make_config(family: str = "llama", vocab_size: int = 384, hidden: int = 64, 
         common.update(head_dim=16)
     if family == "qwen3":
         common.update(head_dim=16)
+    if family == "gpt2":  # GPT-2 names: Conv1D blocks, inner width 4 * n_embd
+        common = dict(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=max_positions,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    if family == "opt":
+        common.update(ffn_dim=intermediate, word_embed_proj_dim=hidden)
+    common.update(_FAMILY_KWARGS.get(family, {}))
     return AutoConfig.for_model(family, **common)
 
 

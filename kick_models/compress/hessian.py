@@ -52,13 +52,14 @@ def inverse_cholesky_upper(H: torch.Tensor, damp: float, name: str = "", record:
         Hd = H.clone()
         Hd[diag, diag] += factor * mean_diag
         L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:  # the inverse must factorize too (it may not, numerically, when H is near-singular)
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
         if int(info) == 0:
             if record is not None:
                 record["damp"] = factor
             if attempt:
                 logger.warning("%s: Hessian not positive definite at damp=%g; used damp=%g.", name, damp, factor)
-            Hinv = torch.cholesky_inverse(L)
-            return torch.linalg.cholesky(Hinv, upper=True)
+            return U
     raise RuntimeError(f"{name}: the Hessian is not positive definite even with damp={damp * 10 ** 4:g}; "
                        f"check the calibration data (NaN/inf activations?).")
 
