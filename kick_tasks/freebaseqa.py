@@ -136,6 +136,15 @@ def score(continuation: str, aliases: list[str]) -> dict[str, float]:
     }
 
 
+def answer_line(continuation: str) -> str:
+    """The answer: leading whitespace/newlines stripped FIRST, then the first line.
+
+    A stop rule ``until: "\\n"`` applied to the raw continuation would turn an answer that starts
+    with a newline (``"\\nParis"``, common after ``The answer is``) into an empty string; the task
+    therefore stops only at EOS / 32 tokens and cuts the first line here (as the TriviaQA task does)."""
+    return continuation.lstrip().split("\n", 1)[0]
+
+
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """lm-eval hook: ``results[0]`` is the generated continuation (prompt not included)."""
-    return score(results[0], doc["aliases"])
+    return score(answer_line(results[0]), doc["aliases"])

@@ -1,29 +1,47 @@
-"""LLM-KICK instruction following: the 80 Vicuna-bench questions, judged by an LLM.
+"""LLM-KICK instruction following: the 80 Vicuna-bench questions, judged by an LLM the paper's way.
 
-Data: ``<KICK_DATA_DIR>/vicuna_bench/question.jsonl`` (else FastChat's copy on GitHub), the
-paper's GPT-3.5 answers ``vicuna_bench/answer_gpt-3.5-turbo.jsonl`` (LLM-KICK release, local
-only: without them the pairwise protocol is skipped) and the GPT-4 reference answers for the
-math/coding questions ``vicuna_bench/reference_answer_gpt-4.jsonl`` (else FastChat's copy).
+Data: ``<KICK_DATA_DIR>/vicuna_bench/question.jsonl`` (else FastChat's copy on GitHub); the paper's
+GPT-3.5 answers ``vicuna_bench/answer_gpt-3.5-turbo.jsonl`` (else the paper's ``mt_conversation/answer.jsonl``
+on GitHub); the paper's judge prompts ``llm_kick_protocol/instruction_following/{prompt,reviewer}.jsonl``.
 
-Judging: the paper's pairwise four-criteria rating against the GPT-3.5 answer in both orders,
-plus FastChat single-answer grading (``single-v1``; ``single-math-v1`` with the GPT-4 reference
-for math/coding). Judge-free: answer length and empty-output rate.
+Judging (default, the paper's ``gpt4_judge.py``): per category the paper's prompt (``coding`` -> 2,
+``math`` -> 3, any other -> 1), GPT-3.5's answer as Assistant 1 and the evaluated model's as Assistant 2,
+one order, judge temperature 0.2 and 1,024 tokens, the first line of the review parsed as ``X Y``.
+Metrics ``judge_score`` (the paper's "Ours"), ``judge_ref_score`` ("ChatGpt score"), ``judge_invalid_rate``.
+kick's opt-ins (``KICK_JUDGE_ORDERS=both``, ``KICK_JUDGE_EXTRAS=robust,four_criteria,rating``) add
+metrics under their own names. Judge-free: answer length and empty-output rate.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 from typing import Any
 
 from kick_tasks.data import resolve
-from kick_tasks.judge import session
+from kick_tasks.judge import paper, session
 from kick_tasks.judge.prompts import FASTCHAT_RAW, fetch_jsonl
 from kick_tasks.judge.protocols import PairwiseFourCriteria, SingleGrade
+from kick_tasks.judge.settings import JudgeSettings
 from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
 
-log = logging.getLogger(__name__)
 ONLINE = f"{FASTCHAT_RAW}/vicuna_bench"
-PROTOCOLS = (PairwiseFourCriteria(), SingleGrade(turn=1, metric="judge_rating"))
+PAPER_ANSWERS = f"{paper.PAPER_RAW}/mt_conversation/answer.jsonl"
+TASK = "instruction_following"
+#: generation settings of the YAML (recorded by lm-eval in results["configs"][task]["generation_kwargs"])
+GEN_KWARGS = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1024}
+
+
+@functools.lru_cache(maxsize=8)
+def protocols(settings: JudgeSettings | None = None) -> tuple:
+    """The paper's pairwise judge, plus the opt-ins ``settings`` asks for (each with its own metrics)."""
+    extras = settings.extra_set if settings else frozenset()
+    chosen: list = [paper.PaperPairwise(TASK, orders=settings.orders if settings else "one",
+                                        robust="robust" in extras)]
+    if "four_criteria" in extras:
+        chosen.append(PairwiseFourCriteria())
+    if "rating" in extras:
+        chosen.append(SingleGrade(turn=1, metric="judge_rating", robust="robust" in extras))
+    return tuple(chosen)
 
 
 def _reference_answers(metadata: dict[str, Any] | None) -> dict[int, str]:
@@ -35,34 +53,35 @@ def _reference_answers(metadata: dict[str, Any] | None) -> dict[int, str]:
 
 
 def _gpt35_answers(metadata: dict[str, Any] | None) -> dict[int, str]:
-    try:
-        rows = resolve("the paper's GPT-3.5 answers to Vicuna-bench", "vicuna_bench/answer_gpt-3.5-turbo.jsonl",
-                       lambda p: read_jsonl(p, ("question_id", "text")), metadata=metadata)
-    except FileNotFoundError as exc:
-        log.warning("%s\n-> the pairwise protocol against GPT-3.5 is skipped; single-answer grading still runs.",
-                    str(exc).splitlines()[0])
-        return {}
+    rows = resolve("the paper's GPT-3.5 answers to Vicuna-bench (the comparator, Assistant 1)",
+                   "vicuna_bench/answer_gpt-3.5-turbo.jsonl", lambda p: read_jsonl(p, ("question_id", "text")),
+                   lambda: fetch_jsonl(PAPER_ANSWERS), online_description=PAPER_ANSWERS, metadata=metadata)
     return {int(r["question_id"]): r["text"] for r in rows}
 
 
-def load_docs(metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def load_docs(metadata: dict[str, Any] | None = None, judged: bool = True) -> list[dict[str, Any]]:
+    """The 80 questions with the paper's comparator answer (``reference``) and FastChat's GPT-4 reference
+    (``ref_answer``, math/coding; for the opt-in ``rating``). ``judged=False`` skips the judge-only files."""
     questions = resolve("Vicuna-bench questions", "vicuna_bench/question.jsonl",
                         lambda p: read_jsonl(p, ("question_id", "category", "turns")),
                         lambda: fetch_jsonl(f"{ONLINE}/question.jsonl"),
                         online_description=f"{ONLINE}/question.jsonl", metadata=metadata)
-    reference = _gpt35_answers(metadata)
-    ref_answers = _reference_answers(metadata)
+    reference = _gpt35_answers(metadata) if judged else {}
+    ref_answers = _reference_answers(metadata) if judged else {}
     return [{"question_id": int(q["question_id"]), "category": q["category"], "question": q["turns"][0],
              "reference": reference.get(int(q["question_id"]), ""),
              "ref_answer": ref_answers.get(int(q["question_id"]), "")} for q in questions]
 
 
 def load(**metadata: Any):
-    """lm-eval ``custom_dataset``: ``{"test": Dataset}``; also checks the judge settings."""
+    """lm-eval ``custom_dataset``: ``{"test": Dataset}``; with a judge configured, the judge settings, the
+    paper's protocol files and the comparator answers are checked here, before any generation."""
     import datasets
 
-    docs = load_docs(metadata)
-    session.configure(metadata)
+    settings = session.configure(metadata)
+    docs = load_docs(metadata, judged=settings.enabled)
+    if settings.enabled:
+        paper.load_protocol(TASK, metadata)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -75,12 +94,14 @@ def doc_to_target(doc: dict[str, Any]) -> str:
 
 
 def judge_item(doc: dict[str, Any], answer: str) -> dict[str, Any]:
-    return {"question": doc["question"], "answer": answer, "reference": doc.get("reference") or "",
+    """What the judge sees: the question (the paper's ``text``), its category, the comparator and the answer."""
+    return {"question": doc["question"], "category": doc.get("category", ""), "answer": answer,
+            "comparator": doc.get("reference") or "", "reference": doc.get("reference") or "",
             "ref_answer": doc.get("ref_answer") or ""}
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     answer = first_response(results).strip()
     out = answer_stats(answer)
-    out.update(session.judge_doc(judge_item(doc, answer), PROTOCOLS))
+    out.update(session.judge_doc(judge_item(doc, answer), protocols(session.current_settings())))
     return out

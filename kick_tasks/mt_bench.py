@@ -1,5 +1,10 @@
 """MT-Bench (80 two-turn questions) with FastChat single-answer grading, in two passes.
 
+An extension beyond the LLM-KICK paper (whose instruction-following task is the 80 single-turn
+Vicuna-bench questions, :mod:`kick_tasks.instruction_following`). Grading follows FastChat's
+``gen_judgment.py``: its judge prompts, temperature 0, 2,048 judge tokens, the verdict is the first
+``[[x]]`` of the review (else the first ``[x]``), a review without one is invalid.
+
 lm-eval's ``generate_until`` sends one request per doc and a task cannot call the model again, so:
 
 1. ``lm_eval --tasks kick_mt_bench --log_samples ...`` generates the turn-1 answers (judge-free
@@ -33,8 +38,21 @@ ONLINE = f"{FASTCHAT_RAW}/mt_bench"
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # FastChat grades these against GPT-4 references
 TURN2_TASK = "kick_mt_bench_turn2"
 GEN_KWARGS = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1024}
-PROTOCOLS_TURN1 = (SingleGrade(turn=1, metric="judge_rating"),)
-PROTOCOLS_BOTH = (SingleGrade(turn=1, metric="judge_rating_turn1"), SingleGrade(turn=2, metric="judge_rating_turn2"))
+
+
+def _robust(settings) -> bool:
+    return bool(settings) and "robust" in settings.extra_set
+
+
+def protocols_turn1(settings=None) -> tuple:
+    """FastChat single-answer grading of turn 1 (``robust`` extra: also ``judge_rating_robust``)."""
+    return (SingleGrade(turn=1, metric="judge_rating", robust=_robust(settings)),)
+
+
+def protocols_both(settings=None) -> tuple:
+    """Both turns (the ``kick_mt_bench_turn2`` samples of ``kick mt-bench``)."""
+    return (SingleGrade(turn=1, metric="judge_rating_turn1", robust=_robust(settings)),
+            SingleGrade(turn=2, metric="judge_rating_turn2", robust=_robust(settings)))
 
 
 def load_docs(metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -88,7 +106,7 @@ def judge_item(doc: dict[str, Any], answer: str) -> dict[str, Any]:
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     answer = first_response(results).strip()
     out = answer_stats(answer)
-    out.update(session.judge_doc(judge_item(doc, answer), PROTOCOLS_TURN1))
+    out.update(session.judge_doc(judge_item(doc, answer), protocols_turn1(session.current_settings())))
     return out
 
 

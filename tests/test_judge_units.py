@@ -76,20 +76,20 @@ def test_pairwise_both_orders_cancel_position():
     replies = [_verdict((8, 8, 8, 8), (6, 6, 6, 6)), _verdict((8, 8, 8, 8), (6, 6, 6, 6))]
     scores, invalid = protocol.score(item, replies)
     assert invalid == 0
-    assert scores["judge_score"] == scores["judge_ref_score"] == 7.0
-    assert scores["judge_win_rate"] == 0.5
+    assert scores["judge4c_score"] == scores["judge4c_ref_score"] == 7.0   # kick's opt-in: its own names
+    assert scores["judge4c_win_rate"] == 0.5
     replies = [_verdict((9, 7, 5, 3), (2, 2, 2, 2)), _verdict((4, 4, 4, 4), (7, 7, 7, 7))]
     scores, invalid = protocol.score(item, replies)
-    assert scores["judge_coherence"] == 8.0 and scores["judge_relevance"] == 5.0
-    assert scores["judge_score"] == pytest.approx(6.5) and scores["judge_ref_score"] == 3.0
-    assert scores["judge_win_rate"] == 1.0
+    assert scores["judge4c_coherence"] == 8.0 and scores["judge4c_relevance"] == 5.0
+    assert scores["judge4c_score"] == pytest.approx(6.5) and scores["judge4c_ref_score"] == 3.0
+    assert scores["judge4c_win_rate"] == 1.0
 
 
 def test_pairwise_one_bad_order_is_invalid_not_a_crash():
     protocol = PairwiseFourCriteria()
     item = {"question": "Q", "answer": "a", "reference": "r"}
     scores, invalid = protocol.score(item, [_verdict((5, 5, 5, 5), (5, 5, 5, 5)), "nonsense"])
-    assert invalid == 1 and math.isnan(scores["judge_score"])
+    assert invalid == 1 and math.isnan(scores["judge4c_score"])
     assert not protocol.applies({"question": "Q", "answer": "a", "reference": ""})
 
 
@@ -104,6 +104,8 @@ def test_single_grade_uses_fastchat_prompts(shared_data):
     assert turn2.protocol == "fastchat-single-v1-multi-turn"
     assert "a1-own" in turn2.messages[1]["content"] and "a2" in turn2.messages[1]["content"]
     assert SingleGrade(turn=1).score({}, ["Rating: [[6]]"]) == ({"judge_rating": 6.0}, 0)
+    assert plain.max_tokens == 2048 and plain.temperature == 0.0          # FastChat's gen_judgment settings
+    assert SingleGrade(turn=1).score({}, ["[[3]] ... final [[9]]"])[0] == {"judge_rating": 3.0}   # FastChat: first
     scores, bad = SingleGrade(turn=1).score({}, ["whatever"])
     assert bad == 1 and math.isnan(scores["judge_rating"])
 
@@ -158,14 +160,12 @@ def test_summarization_prompt_has_no_highlights(shared_data):
 
     docs = {b: summarization.load_bucket(b) for b in summarization.BUCKETS}
     assert [len(docs[b]) for b in summarization.BUCKETS] == [30, 30, 30]
-    for bucket_docs in docs.values():
+    for bucket, bucket_docs in docs.items():
         for doc in bucket_docs:
             prompt = summarization.doc_to_text(doc)
-            assert prompt.startswith(summarization.INSTRUCTION + "\n\n")
+            assert prompt.startswith(summarization.INSTRUCTIONS[bucket] + "\n\n")
             assert "@highlight" not in prompt
-            assert doc["highlights"]
-            for highlight in doc["highlights"]:
-                assert highlight not in prompt.split("\n\n", 1)[1].splitlines()
+            assert doc["highlights"] and prompt == doc["paper_text"].split("@highlight")[0]
     raw = (shared_data / "cnn_stories" / "small" / f"{docs['small'][0]['story_id']}.story").read_text()
     assert docs["small"][0]["highlights"][0] in raw
 

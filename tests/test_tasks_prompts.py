@@ -32,7 +32,7 @@ def test_factoid_prompt_and_splits(tasks):
     assert len(tasks["kick_factoid_qa_dev"].test_docs()) == 2
     assert tasks["kick_factoid_qa_train"].test_docs()[0]["question_id"] == "FreebaseQA-train-0"
     gen = tasks["kick_factoid_qa"].config.generation_kwargs
-    assert gen["until"] == ["\n"] and gen["do_sample"] is False and gen["max_gen_toks"] == 32
+    assert gen["until"] == [] and gen["do_sample"] is False and gen["max_gen_toks"] == 32
 
 
 def test_icr_prompts(tasks):

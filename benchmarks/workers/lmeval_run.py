@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--batch-size", default="16")
     ap.add_argument("--metadata", default="{}", help="JSON task metadata, e.g. '{\"ppl_seqlen\": 512}'")
     ap.add_argument("--samples", default="", help="write per-document outputs here (JSON)")
+    ap.add_argument("--apply-chat-template", action="store_true", help="as lm_eval --apply_chat_template")
     args = ap.parse_args()
 
     t_import = time.perf_counter()
@@ -42,6 +43,7 @@ def main() -> int:
     results = lm_eval.simple_evaluate(
         model=lm, tasks=args.tasks.split(","), limit=args.limit, task_manager=tm,
         metadata=json.loads(args.metadata), log_samples=bool(args.samples), bootstrap_iters=0,
+        apply_chat_template=args.apply_chat_template,
     )
     seconds = time.perf_counter() - t0
     out = {

@@ -22,6 +22,8 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--out", default="", help="write per-question outputs here (JSON)")
+    ap.add_argument("--chat-template", action="store_true",
+                    help="wrap the prompt in the tokenizer's chat template (as lm-eval's --apply_chat_template)")
     args = ap.parse_args()
 
     import torch
@@ -38,7 +40,10 @@ def main() -> int:
     with torch.inference_mode():
         for doc in docs:
             prompt = doc_to_text(doc)
-            input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+            if args.chat_template:  # the same string lm-eval builds with --apply_chat_template
+                prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                       add_generation_prompt=True)
+            input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template).input_ids
             out = model.generate(input_ids, max_length=3 * input_ids.shape[1], do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
             whole = tokenizer.batch_decode(out, skip_special_tokens=True)[0]

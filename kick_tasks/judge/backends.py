@@ -26,7 +26,7 @@ PER_PROMPT_STATUS = {400, 413, 422}
 
 
 class ChatBackend(Protocol):
-    def chat(self, messages: list[dict[str, str]]) -> str | None: ...
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str | None: ...
 
     @property
     def requests_made(self) -> int: ...
@@ -39,7 +39,7 @@ def backoff_delays(retries: int, base: float = 0.5, cap: float = 30.0):
 
 
 class OpenAIChatBackend:
-    """POST ``{base_url}/chat/completions`` with ``requests``; greedy (temperature 0)."""
+    """POST ``{base_url}/chat/completions`` with ``requests`` (temperature and max_tokens per call)."""
 
     def __init__(self, settings: JudgeSettings, backoff_base: float | None = None):
         import requests  # lm-eval already depends on it
@@ -63,9 +63,9 @@ class OpenAIChatBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def chat(self, messages: list[dict[str, str]]) -> str | None:
-        body = {"model": self.settings.model, "messages": messages, "temperature": 0.0,
-                "max_tokens": self.settings.max_tokens, "stream": False}
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str | None:
+        body = {"model": self.settings.model, "messages": messages, "temperature": temperature,
+                "max_tokens": max_tokens, "stream": False}
         delays = backoff_delays(self.settings.retries, self.backoff_base)
         last_problem = ""
         while True:
@@ -161,7 +161,8 @@ class HFLocalBackend:
     def requests_made(self) -> int:
         return self._count
 
-    def chat(self, messages: list[dict[str, str]]) -> str | None:
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0) -> str | None:
+        """Greedy whatever ``temperature`` says (the cache key records 0 for this backend)."""
         with self._lock:
             self._count += 1
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -169,7 +170,7 @@ class HFLocalBackend:
             input_ids = ids["input_ids"]
             with self._torch.no_grad():
                 out = self.model.generate(input_ids, attention_mask=ids.get("attention_mask"),
-                                          max_new_tokens=self.settings.max_tokens, do_sample=False,
+                                          max_new_tokens=max_tokens, do_sample=False,
                                           pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
             return self.tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
 

@@ -7,6 +7,8 @@ Generate once (e.g. on a GPU), judge later or with several judges:
     export OPENAI_API_KEY=...        # or any variable, named with --api-key-env
     kick judge out/ --base-url https://api.openai.com/v1 --model gpt-4o
     kick judge out/ --backend hf --model /models/SmolLM2-135M-Instruct
+    kick judge out/ ... --orders both --extras robust     # kick's opt-ins, added under their own names
+    kick judge summaries --base-url ... --model gpt-3.5-turbo   # the summarization comparator, once
 
 For each samples file it writes, next to it, ``judged_<task>_<judge>_<time>.jsonl`` (one line per
 sample: metrics and the judge's raw replies) and ``judged_<task>_<judge>_<time>.summary.json``
@@ -43,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default=None, help="NAME of the variable holding the API key (default OPENAI_API_KEY)")
     p.add_argument("--cache", default=None, help="SQLite cache file (default ~/.cache/kick/judge.sqlite)")
     p.add_argument("--concurrency", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="default: the protocol's (1024 paper, 2048 FastChat)")
+    p.add_argument("--temperature", type=float, default=None, help="default: the protocol's (0.2 / 0.1 paper, 0 FastChat)")
+    p.add_argument("--orders", choices=("one", "both"), default=None,
+                   help="one: the paper's single order (default); both: also the swapped order (*_debiased metrics)")
+    p.add_argument("--extras", default=None, help="comma list of opt-ins: robust, four_criteria, rating")
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--retries", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="judge only the first N samples of each file")
@@ -75,7 +81,8 @@ def judge_file(path: Path, judge: Judge, task: str | None = None, limit: int | N
     from .runner import judge_items
 
     task = task or task_of(path)
-    judge_item, protocols = recipe(task)
+    judge_item, protocols_for = recipe(task)
+    protocols = protocols_for(judge.settings)
     rows = load_samples(path)[:limit]
     items = [judge_item(row["doc"], row["answer"]) for row in rows]
     start = time.perf_counter()
@@ -85,6 +92,13 @@ def judge_file(path: Path, judge: Judge, task: str | None = None, limit: int | N
     elapsed = time.perf_counter() - start
     summary_metrics = {name: _nanmean([m.get(name, math.nan) for m in metrics])
                        for name in sorted({k for m in metrics for k in m})}
+    by_category: dict[str, dict[str, float]] = {}
+    for category in sorted({str(row["doc"].get("category") or row["doc"].get("bucket") or "") for row in rows} - {""}):
+        chosen = [m for row, m in zip(rows, metrics)
+                  if str(row["doc"].get("category") or row["doc"].get("bucket") or "") == category]
+        by_category[category] = {"n": len(chosen), **{
+            name: _json_safe(_nanmean([m.get(name, math.nan) for m in chosen]))
+            for name in ("judge_score", "judge_ref_score") if any(name in m for m in chosen)}}
     if "judge_rating_turn1" in summary_metrics and "judge_rating_turn2" in summary_metrics:
         summary_metrics["mt_bench_score"] = _nanmean([summary_metrics["judge_rating_turn1"],
                                                       summary_metrics["judge_rating_turn2"]])
@@ -104,6 +118,9 @@ def judge_file(path: Path, judge: Judge, task: str | None = None, limit: int | N
         "invalid_verdicts": int(round(sum(m["judge_invalid_rate"] * len(r) for m, r in zip(metrics, replies)
                                           if r and not math.isnan(m["judge_invalid_rate"])))),
         "judge": judge.settings.public_dict(), "metrics": {k: _json_safe(v) for k, v in summary_metrics.items()},
+        "by_category": by_category,
+        "comparator": sorted({str(row["doc"]["comparator"]) for row in rows if row["doc"].get("comparator")}),
+        "judge_requests": sorted({json.dumps(p, sort_keys=True) for p in judge.request_settings}),
         "backend_requests": after["backend_requests"] - before["backend_requests"],
         "cache_hits": after["cache_hits"] - before["cache_hits"], "seconds": round(elapsed, 2),
         "per_sample_file": str(per_sample_file),
@@ -113,13 +130,18 @@ def judge_file(path: Path, judge: Judge, task: str | None = None, limit: int | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["summaries"]:
+        from .reference_summaries import main as summaries_main
+
+        return summaries_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings: JudgeSettings = settings_from(
             None, backend=args.backend, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
             cache=args.cache, concurrency=args.concurrency, max_tokens=args.max_tokens, timeout=args.timeout,
-            retries=args.retries)
+            retries=args.retries, temperature=args.temperature, orders=args.orders, extras=args.extras)
         if not settings.enabled:
             print("kick judge: no judge configured. Give --base-url and --model (OpenAI-compatible endpoint, key in "
                   "$OPENAI_API_KEY or --api-key-env), or --backend hf --model <local folder>.", file=sys.stderr)

@@ -28,16 +28,29 @@ class Judge:
         self.settings = settings
         self.backend = backend if backend is not None else make_backend(settings)
         self.cache = cache if cache is not None else JudgeCache(settings.cache_path())
-        self.params = {"max_tokens": settings.max_tokens, "temperature": 0.0}
         self.calls_sent = 0
+        self.request_settings: list[dict[str, Any]] = []  # distinct (protocol, max_tokens, temperature) used
         self._lock = threading.Lock()
 
+    def params(self, call: JudgeCall) -> dict[str, Any]:
+        """Sampling settings sent with ``call``: the user's (``KICK_JUDGE_*``) over the protocol's defaults."""
+        temperature = call.temperature if self.settings.temperature is None else self.settings.temperature
+        if self.settings.backend == "hf":
+            temperature = 0.0  # the in-process backend decodes greedily
+        max_tokens = call.max_tokens if self.settings.max_tokens is None else self.settings.max_tokens
+        return {"max_tokens": int(max_tokens), "temperature": float(temperature)}
+
     def reply(self, call: JudgeCall) -> str | None:
-        key = cache_key(self.settings.identity(), call.protocol, call.messages, self.params)
+        params = self.params(call)
+        used = {"protocol": call.protocol, **params}
+        with self._lock:
+            if used not in self.request_settings:
+                self.request_settings.append(used)
+        key = cache_key(self.settings.identity(), call.protocol, call.messages, params)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        text = self.backend.chat(call.messages)
+        text = self.backend.chat(call.messages, **params)
         with self._lock:
             self.calls_sent += 1
         if text is not None:

@@ -11,13 +11,13 @@ from kick_tasks.judge.task_glue import first_response, read_jsonl
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[0-9.\-]+)\.jsonl$")
 
-#: task name (prefix) -> (module, protocols attribute)
+#: task name (prefix) -> (module, function: JudgeSettings -> protocols)
 RECIPES: list[tuple[str, str, str]] = [
-    ("kick_mt_bench_turn2", "kick_tasks.mt_bench", "PROTOCOLS_BOTH"),
-    ("kick_mt_bench", "kick_tasks.mt_bench", "PROTOCOLS_TURN1"),
-    ("kick_instruction_following", "kick_tasks.instruction_following", "PROTOCOLS"),
-    ("kicksum_", "kick_tasks.summarization", "PROTOCOLS"),
-    ("kick_summarization", "kick_tasks.summarization", "PROTOCOLS"),
+    ("kick_mt_bench_turn2", "kick_tasks.mt_bench", "protocols_both"),
+    ("kick_mt_bench", "kick_tasks.mt_bench", "protocols_turn1"),
+    ("kick_instruction_following", "kick_tasks.instruction_following", "protocols"),
+    ("kicksum_", "kick_tasks.summarization", "protocols"),
+    ("kick_summarization", "kick_tasks.summarization", "protocols"),
 ]
 
 
@@ -30,7 +30,8 @@ def task_of(path: Path) -> str:
 
 
 def recipe(task: str):
-    """(judge_item function, protocols) for a task name; ValueError for tasks without a judge."""
+    """(judge_item function, protocols function of the judge settings) for a task name; ValueError for
+    tasks without a judge."""
     for prefix, module_name, attribute in RECIPES:
         if task == prefix or (prefix.endswith("_") and task.startswith(prefix)):
             module = importlib.import_module(module_name)

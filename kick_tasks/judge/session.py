@@ -64,6 +64,15 @@ def check_endpoint(settings: JudgeSettings) -> None:
             "KICK_JUDGE_API_KEY_ENV).")
 
 
+def current_settings() -> JudgeSettings:
+    """The settings of this run (from the last :func:`configure`, else the environment)."""
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = settings_from(None)
+        return _settings
+
+
 def active_judge() -> Judge | None:
     global _judge, _settings
     with _lock:
