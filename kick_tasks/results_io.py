@@ -358,16 +358,19 @@ def display_name(pretrained: str, name: str | None = None) -> str:
     if name:
         return name
     text = str(pretrained).rstrip("/\\")
-    looks_local = text.startswith(("/", ".", "~")) or "\\" in text or Path(text).expanduser().exists()
+    looks_local = text.startswith(("/", ".", "~", "<")) or "\\" in text or Path(text).expanduser().exists()
     return Path(text).name if looks_local and Path(text).name else text
 
 
 def sweep_manifest(folder: Path) -> dict[str, Any] | None:
     """The ``sweep.json`` of the sweep a run folder belongs to (searched upwards), or None."""
     for parent in [Path(folder), *Path(folder).parents]:
-        data = _load_json(parent / "sweep.json") if (parent / "sweep.json").is_file() else None
-        if isinstance(data, dict):
-            return data
+        if (parent / "sweep.json").is_file():
+            try:
+                data = json.loads((parent / "sweep.json").read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                return None
+            return data if isinstance(data, dict) else None
     return None
 
 

@@ -40,7 +40,7 @@ WBITS_ARGS=()
 
 start=$(date +%s)
 nice -n "$NICE" kick sweep \
-  --model "$GGUF_DIR" --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf \
+  --model "$GGUF_DIR" --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf --name SmolLM2-135M-Instruct \
   --output "$OUT" --cache-dir "$CACHE" \
   --methods "$METHODS" --sparsity "$SPARSITY" ${NM:+--nm "$NM"} \
   ${WBITS_ARGS[@]+"${WBITS_ARGS[@]}"} --groupsize 128 \
