@@ -1,6 +1,6 @@
 """Lazy start-up hook that makes the kick models and tasks visible to lm-eval.
 
-lm-eval 0.4.13 has no plugin discovery, so ``kick_autoload.pth`` (installed
+lm-eval 0.4.x has no plugin discovery, so ``kick_autoload.pth`` (installed
 into site-packages with the wheel) calls :func:`install` at interpreter start.
 ``install`` only appends a tiny import hook to ``sys.meta_path``: it imports
 neither torch nor lm_eval. When (and only when) lm-eval itself is imported,
@@ -8,10 +8,16 @@ the hook patches two things right after the module has executed:
 
 * ``lm_eval.api.registry.get_model``: makes sure lm-eval's built-in models are
   imported first (so ``--model hf`` keeps working) and then registers the kick
-  models lazily (``"kick_models.lm:KickPrunedLM"``).
-* ``lm_eval.tasks.manager.TaskManager.__init__``: appends the kick task folder
-  to ``include_path``, so ``--tasks 'kick_*'`` and ``lm_eval ls tasks`` see
-  the kick tasks without ``--include_path``.
+  models (lazily, ``"kick_models.lm:KickPrunedLM"``, where the registry can:
+  lm-eval >= 0.4.10; on 0.4.9 the class of the requested model is imported).
+* ``TaskManager.__init__`` (``lm_eval.tasks.manager`` from lm-eval 0.4.12,
+  ``lm_eval.tasks`` before): appends the kick task folder to ``include_path``,
+  so ``--tasks 'kick_*'`` and ``lm_eval ls tasks`` see the kick tasks without
+  ``--include_path``.
+
+On an lm-eval or transformers outside the supported range
+(:mod:`kick_models.versions`) nothing is patched; asking for a kick model or
+kick task then stops with one error naming the range.
 
 Set ``KICK_NO_AUTOLOAD=1`` to turn the hook off.
 """
@@ -28,7 +34,8 @@ KICK_MODELS = {
     "kick-bnb": "kick_models.lm:KickBitsAndBytesLM",
 }
 
-_WATCHED = ("lm_eval.api.registry", "lm_eval.tasks.manager")
+# lm_eval.tasks.manager exists from lm-eval 0.4.12; before, TaskManager lives in lm_eval.tasks.
+_WATCHED = ("lm_eval.api.registry", "lm_eval.tasks", "lm_eval.tasks.manager")
 
 
 def task_yaml_dir() -> str:
@@ -42,15 +49,27 @@ def task_yaml_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "task_yaml")
 
 
-def register_models() -> None:
-    """Register the kick models with lm-eval's model registry (idempotent)."""
+def register_models(names=None) -> None:
+    """Register the kick models (all, or ``names``) with lm-eval's model registry (idempotent)."""
     from lm_eval.api import registry
 
-    if len(registry.model_registry) == 0:
-        import lm_eval.models  # noqa: F401  built-ins first, see module docstring
-    for name, target in KICK_MODELS.items():
-        if name not in registry.model_registry:
-            registry.model_registry.register(name, target=target)
+    lazy = getattr(registry, "model_registry", None)
+    if lazy is not None and hasattr(lazy, "register"):  # lm-eval >= 0.4.10: lazy "module:Class" targets
+        if len(lazy) == 0:
+            import lm_eval.models  # noqa: F401  built-ins first, see module docstring
+        for name, target in KICK_MODELS.items():
+            if name not in lazy:
+                lazy.register(name, target=target)
+        return
+    # lm-eval 0.4.9: a plain dict of classes, filled by importing lm_eval.models.
+    import importlib
+
+    import lm_eval.models  # noqa: F401
+
+    for name in names or KICK_MODELS:
+        if name not in registry.MODEL_REGISTRY:
+            module, cls = KICK_MODELS[name].split(":")
+            registry.MODEL_REGISTRY[name] = getattr(importlib.import_module(module), cls)
 
 
 def _patch_registry(module) -> None:
@@ -59,7 +78,16 @@ def _patch_registry(module) -> None:
         return
 
     def get_model(model_name: str):
-        register_models()
+        if model_name in KICK_MODELS:
+            from kick_models.versions import check
+
+            check()
+            register_models([model_name])
+        elif hasattr(module, "model_registry"):  # lazy registry: list the kick models too
+            if supported():
+                register_models()
+        elif not module.MODEL_REGISTRY:  # lm-eval 0.4.9: built-ins register when lm_eval.models is imported
+            import lm_eval.models  # noqa: F401
         return original(model_name)
 
     get_model._kick_patched = True  # type: ignore[attr-defined]
@@ -68,7 +96,9 @@ def _patch_registry(module) -> None:
 
 
 def _patch_task_manager(module) -> None:
-    cls = module.TaskManager
+    cls = module.__dict__.get("TaskManager")  # not getattr: never trigger a lazy import from here
+    if cls is None:
+        return
     original = cls.__init__
     if getattr(original, "_kick_patched", False):
         return
@@ -91,7 +121,22 @@ def with_kick_tasks(include_path):
     return paths
 
 
-_PATCHES = {"lm_eval.api.registry": _patch_registry, "lm_eval.tasks.manager": _patch_task_manager}
+def supported() -> bool:
+    """True when lm-eval and transformers are in the supported range (see :mod:`kick_models.versions`)."""
+    from kick_models.versions import problems
+
+    return not problems()
+
+
+def _apply(name: str, module) -> None:
+    if name == "lm_eval.api.registry":
+        _patch_registry(module)  # always: a requested kick model gets the version error from there
+        if not supported():
+            from kick_models.versions import refuse_kick_command_line
+
+            refuse_kick_command_line(sys.argv)
+    elif supported():
+        _patch_task_manager(module)
 
 
 class _PatchingLoader:
@@ -104,7 +149,7 @@ class _PatchingLoader:
 
     def exec_module(self, module):
         self._wrapped.exec_module(module)
-        _PATCHES[self._name](module)
+        _apply(self._name, module)
 
 
 class _Finder:
@@ -128,12 +173,15 @@ def install() -> None:
     # lm-eval already imported (e.g. install() called late from the kick CLI).
     for name in _WATCHED:
         if name in sys.modules:
-            _PATCHES[name](sys.modules[name])
+            _apply(name, sys.modules[name])
     sys.meta_path.insert(0, _Finder())
 
 
 def ensure_loaded() -> None:
-    """Eager variant for the Python API and the ``kick`` CLI."""
+    """Eager variant for the Python API and the ``kick`` CLI (raises on an unsupported lm-eval/transformers)."""
+    from kick_models.versions import check
+
+    check()
     install()
-    import lm_eval.tasks.manager  # noqa: F401  (triggers the patch)
+    import lm_eval.tasks  # noqa: F401  (triggers the TaskManager patch, wherever it lives)
     import lm_eval.api.registry  # noqa: F401

@@ -55,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"kick: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    target, _ = SUBCOMMANDS[name]
-    module_name, func_name = target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    result = func(rest)
+    from kick_models.versions import UnsupportedVersionError, check
+
+    try:
+        check()  # one clear error on an lm-eval / transformers outside the supported range
+        target, _ = SUBCOMMANDS[name]
+        module_name, func_name = target.split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        result = func(rest)
+    except UnsupportedVersionError as exc:
+        print(f"kick: error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
