@@ -257,6 +257,11 @@ class _KickCompressedLM(HFLM):
         rank, world = distributed.world()
         record = self._kick_record
         record.update(compressed_in_this_process=False, compress_device=str(self._kick_device(model)))
+        from kick_models.compress.placement import describe
+
+        placed = describe(model)
+        if placed:  # dispatched by accelerate (parallelize=True, device_map, offload)
+            record["placement"] = placed
         if world > 1:
             record["processes"] = {
                 "rank": rank,
@@ -345,10 +350,14 @@ class _KickCompressedLM(HFLM):
             )
             record["saved_to"] = str(path)
             logger.info("kick: compressed checkpoint written to %s", path)
+        coverage = summary.get("coverage") or {}
         logger.info(
-            "kick: %s measured sparsity %.4f%s, compression %.1fs (cache: %s)",
+            "kick: %s measured sparsity %.4f%s over all decoder-block weights, %s, compression %.1fs (cache: %s)",
             summary["method"], summary["measured_sparsity"],
             f", {summary['bits_per_weight']:.3f} bits/weight" if summary.get("bits_per_weight") else "",
+            f"{100 * coverage.get('compressed_fraction', 0):.2f}% of them compressed ({len(coverage.get('kept', {}))} "
+            f"kept as they are: {', '.join(sorted(set(coverage.get('kept', {}).values()))) or 'none'})"
+            if coverage else "coverage unknown",
             summary["seconds"], record.get("cache", {}).get("status"),
         )
 

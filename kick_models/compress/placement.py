@@ -336,3 +336,13 @@ def send(value: Any, device: torch.device, memo: dict[int, torch.Tensor] | None 
     if isinstance(value, dict):
         return type(value)((k, send(v, device, memo)) for k, v in value.items())
     return value
+
+
+def describe(model: nn.Module) -> dict | None:
+    """For the record: how a dispatched model is placed (modules per device, offloaded modules); None if plain."""
+    if not is_dispatched(model):
+        return None
+    device_map = getattr(model, "hf_device_map", None) or {}
+    per_device = collections.Counter(str(v) for v in device_map.values())
+    return {"device_map": dict(sorted(per_device.items())),
+            "offloaded_modules": sum(1 for m in model.modules() if is_offloaded(m))}
