@@ -1,7 +1,7 @@
 """Compress once when lm-eval runs in several processes (``accelerate launch`` / ``torchrun``).
 
 Every process builds the same model. Coordination uses an exclusive file lock per cache
-key (``fcntl.flock`` on ``<cache>/locks/<key>.lock``): the first process to hold it
+key (:func:`file_lock` on ``<cache>/locks/<key>.lock``): the first process to hold it
 compresses and writes the cache entry, the others block on the lock and then load the
 entry. With a torch.distributed process group, rank 0 takes the lock *before* it
 broadcasts the key, so rank 0 is always the one that compresses (and the others do not
@@ -62,17 +62,29 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if needed); blocks until acquired."""
-    import fcntl
+    """Exclusive lock on ``path`` (created if needed); blocks until acquired.
+
+    ``filelock.FileLock`` (a dependency of transformers, datasets and torch): ``fcntl.flock``, which
+    the kernel releases when the holder dies (no stale lock) and which Linux maps to POSIX locks on
+    NFS, so processes on different nodes of a shared filesystem exclude each other. On a filesystem
+    without flock, recent filelock versions fall back to an O_EXCL marker file whose dead owner is
+    detected; older ones raise NotImplementedError there and we use :class:`filelock.SoftFileLock`
+    (whose marker a killed holder leaves behind: delete ``<key>.lock.soft`` by hand).
+    """
+    from filelock import FileLock, SoftFileLock
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire()
+    except NotImplementedError:  # older filelock on a filesystem without flock
+        lock = SoftFileLock(f"{path}.soft")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class HeldLock:

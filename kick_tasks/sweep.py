@@ -9,6 +9,8 @@
                [--calib c4] [--nsamples 128] [--seqlen 2048] [--seed 0]
                [--tasks kick] [--limit N] [--batch_size B] [--device cpu] [--include_path DIR]
                [--force] [--dry-run] [--verbose]  [-- any other lm_eval arguments, verbatim]
+               [--executor local --jobs N | --executor ray --address ADDR --cpus-per-config C]
+               [--gpus-per-config K] [--retries 2]        where configs run (docs/scale-out.md)
 
 Plan: the dense baseline (``--model hf``, same ``pretrained`` and ``--model_args``) always comes first,
 then every pruning method x (sparsities + N:M patterns), then every quantization method x bit
@@ -31,6 +33,10 @@ exact model/task/lm_eval arguments. Running the same command again skips every c
 marker matches and redoes the rest (a killed config's partial folder is cleared first). Changing
 ``--limit`` or the tasks re-runs everything. ``DIR/sweep.json`` records the model, the configs
 and their status; a DIR holding results of a different model is refused unless ``--force``.
+
+Executors (kick_tasks/sweep_executors.py): ``local`` runs ``--jobs`` configs at once on this machine,
+``ray`` runs each config as one Ray task; both run the same child, retry a config whose process is
+killed (``--retries``) and show each running config's stage on the progress line.
 """
 
 from __future__ import annotations
@@ -42,9 +48,7 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -358,43 +362,6 @@ def parse_kv(text: str | None) -> dict[str, str]:
     return out
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """Linux: the lm_eval child gets SIGTERM when the sweep process dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def run_config(cmd: list[str], folder: Path, verbose: bool) -> tuple[int, float]:
-    """Run one lm_eval subprocess, its console output into ``folder/lm_eval.log``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # live lm_eval.log
-    with open(folder / "lm_eval.log", "w", encoding="utf-8", buffering=1) as log:  # line-buffered
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if verbose:
-                    sys.stderr.write(line)
-            rc = proc.wait()
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    return rc, time.time() - start
-
-
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-n:])
@@ -427,6 +394,9 @@ def preflight(configs: Sequence[SweepConfig], ns: argparse.Namespace, passthroug
 def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     out = Path(ns.output).resolve()
     configs = build_configs(ns)
+    from kick_tasks.sweep_executors import make_executor
+
+    executor = make_executor(ns)  # bad executor options fail here, before anything loads
     validate_model(ns.model)
     validate_tasks(ns.task_list, ns.include_path)
     extra = parse_kv(ns.model_args)
@@ -470,48 +440,40 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     save()
     done_before = len(plan) - len(todo)
     print(f"kick sweep: {len(plan)} configs x {len(ns.task_list)} task(s) -> {out}"
-          + (f" ({done_before} already done, skipped)" if done_before else ""), file=sys.stderr)
-    failures: list[str] = []
-    from tqdm.auto import tqdm
+          + (f" ({done_before} already done, skipped)" if done_before else "")
+          + f" [{executor.describe()}]", file=sys.stderr)
+    from kick_tasks.sweep_executors import ConfigJob, Progress, write_token
 
-    bar = tqdm(total=len(plan), initial=done_before, desc="sweep", unit="config", file=sys.stderr)
+    failures: list[str] = []
+    cache = cache_dir(ns, out)
+    token = write_token(out, cache)
+    jobs = [ConfigJob(c.slug, tuple(cmd), str(out), token, str(cache) if cache else None, verbose=ns.verbose)
+            for c, cmd in todo]
+    progress = Progress(out, token, total=len(plan), done_before=done_before)
+    for job in jobs:
+        entries[job.slug].update(status="queued")
+    save()
+
+    def on_finish(outcome) -> None:
+        entries[outcome.slug].update(outcome.to_entry(), log=str(out / outcome.slug / "lm_eval.log"))
+        if outcome.status != "done":
+            failures.append(outcome.slug)
+        save()
+        progress.finished(outcome)
+
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for c, cmd in todo:
-            folder = out / c.slug
-            if folder.exists():  # partial output of a killed or failed attempt
-                shutil.rmtree(folder)
-            entries[c.slug].update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            save()
-            bar.set_postfix_str(c.slug)
-            rc, seconds = run_config(cmd, folder, ns.verbose)
-            results = _results_file(folder)
-            entry = entries[c.slug]
-            entry.update(seconds=round(seconds, 1), returncode=rc, log=str(folder / "lm_eval.log"))
-            if rc == 0 and results is not None:
-                write_json_atomic(folder / DONE_MARKER, {"slug": c.slug, "command": cmd[3:], "seconds": seconds,
-                                                          "results": str(results.relative_to(out)),
-                                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                entry.update(status="done", results=str(results.relative_to(out)))
-                tqdm.write(f"  {c.slug}: done in {_fmt_s(seconds)}", file=sys.stderr)
-            else:
-                why = f"exit code {rc}" if rc else "no results_*.json written"
-                entry.update(status="failed", error=why)
-                failures.append(c.slug)
-                tqdm.write(f"  {c.slug}: FAILED ({why}) after {_fmt_s(seconds)}; log {folder / 'lm_eval.log'}",
-                           file=sys.stderr)
-            save()
-            bar.update(1)
+        executor.run(jobs, on_finish, progress)
     except KeyboardInterrupt:
         interrupted = True
         for e in entries.values():
-            if e["status"] == "running":
+            if e["status"] in ("running", "queued"):
                 e["status"] = "interrupted"
         save()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        bar.close()
+        progress.close()
     if interrupted:
         print(f"kick sweep: interrupted; run the same command again to continue ({out / MANIFEST})",
               file=sys.stderr)
@@ -562,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the model id, or a local folder's last part)")
     p.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and exit")
     p.add_argument("--verbose", "-v", action="store_true", help="also echo lm_eval's output")
+    from kick_tasks.sweep_executors import add_arguments
+
+    add_arguments(p)
     return p
 
 
