@@ -199,20 +199,9 @@ def resolve_with_provenance(
     )
 
 
-def resolve(
-    name: str,
-    relative: str,
-    load_local: Callable[[Path], T],
-    load_online: Callable[[], T] | None = None,
-    online_description: str = "",
-    metadata: dict[str, Any] | None = None,
-    local_stand_in: StandIn = None,
-) -> T:
-    """Load data set ``name`` from the local data dir, else online, else fail clearly.
-
-    ``relative`` is the entry inside the data dir (file or folder);
-    ``load_local(path)`` reads it; ``load_online()`` fetches the canonical copy.
-    The provenance record goes into ``metadata["kick_data"]`` when that is a dict.
-    """
-    return resolve_with_provenance(name, relative, load_local, load_online, online_description, metadata,
-                                   local_stand_in)[0]
+def resolve(*args: Any, **kwargs: Any) -> Any:
+    """Load a data set from the local data dir, else online, else fail clearly (arguments: those of
+    :func:`resolve_with_provenance`: ``name``, ``relative`` = the entry inside the data dir, file or
+    folder; ``load_local(path)`` reads it; ``load_online()`` fetches the canonical copy ...).
+    The provenance record goes into ``metadata["kick_data"]`` when that is a dict."""
+    return resolve_with_provenance(*args, **kwargs)[0]

@@ -54,3 +54,27 @@ def test_no_data_dir_configured_is_reported(monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     with pytest.raises(data.DataNotFoundError, match=r"\$KICK_DATA_DIR unset"):
         data.resolve("thing", "x", lambda p: "local", None)
+
+
+def test_provenance_lands_in_the_metadata_sink_with_the_stand_in_warning(tmp_path, caplog):
+    (tmp_path / "x.txt").write_text("a\nb\n")
+    sink: dict = {}
+    with caplog.at_level("WARNING", logger="kick_tasks.data"):
+        got = data.resolve("thing", "x.txt", lambda p: p.read_text(), metadata={"data_dir": str(tmp_path),
+                                                                              "kick_data": sink},
+                           local_stand_in="not the paper's copy")
+    record = sink["thing"]
+    assert got == "a\nb\n" and record["records"] == 2 and record["source"] == str(tmp_path / "x.txt")
+    assert record["stand_in"] == "not the paper's copy" and record["location"] == "local" and record["excerpt"] is None
+    import hashlib
+
+    assert record["sha256"] == hashlib.sha256(b"a\nb\n").hexdigest()
+    assert "stand-in" in caplog.text and "not the paper's copy" in caplog.text
+
+
+def test_the_embedded_demo_data_is_flagged_as_an_excerpt():
+    sink: dict = {}
+    data.resolve("FreebaseQA eval", "freebaseqa/FreebaseQA-eval.json", lambda p: p.read_bytes()[:10].decode(),
+                 metadata={"data_dir": str(data.DEMO_DATA_DIR), "kick_data": sink})
+    record = sink["FreebaseQA eval"]
+    assert record["location"] == "embedded demo data" and "first 100 of 4,000" in record["excerpt"]
