@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kick_models.compress import placement
+from kick_models.compress import memory, placement
 from kick_models.compress import moe
 from kick_models.compress.base import LayerCompressor, LayerStats
 from kick_models.compress.targets import Target, block_roles, block_targets, measure_block
@@ -84,14 +84,6 @@ def linear_modules(layer: nn.Module) -> dict[str, nn.Linear]:
 # --------------------------------------------------------------------------- devices
 
 
-def _module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def _move_shell(model: nn.Module, layers_path: str, device: torch.device) -> Callable[[], None]:
     """Move every parameter/buffer outside the decoder layers to ``device``; return a function undoing it."""
     prefix = layers_path + "."
@@ -110,21 +102,6 @@ def _move_shell(model: nn.Module, layers_path: str, device: torch.device) -> Cal
             tensor.data = tensor.data.to(original)
 
     return restore
-
-
-def default_batch_size(model: nn.Module, nsamples: int, seqlen: int, device: torch.device) -> int:
-    """As many samples as fit: on CUDA ~30% of free memory for layer activations, on CPU ~8k tokens per batch."""
-    if device.type == "cuda":
-        config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "get_text_config"):
-            config = config.get_text_config()
-        hidden = getattr(config, "hidden_size", 4096)
-        inter = getattr(config, "intermediate_size", 4 * hidden)
-        heads = getattr(config, "num_attention_heads", 32)
-        per_sample = seqlen * (16 * hidden + 3 * inter) * 4 + heads * seqlen * seqlen * 4
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, min(nsamples, int(0.3 * free // per_sample)))
-    return max(1, min(nsamples, 8192 // max(seqlen, 1)))
 
 
 # --------------------------------------------------------------------------- capture
@@ -358,10 +335,20 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
         if tokens is None:
             raise ValueError("this method needs calibration tokens")
         if batch_size is None:
-            batch_size = default_batch_size(model, tokens.shape[0], tokens.shape[1], device)
-        batches = list(torch.split(tokens, batch_size))
+            batch_size = memory.default_batch_size(model, tokens.shape[0], tokens.shape[1], device, layers[0])
         start = time.perf_counter()
-        inps, calls = capture_inputs(model, layers, layers_path, batches, device)
+        while True:
+            batches = list(torch.split(tokens, batch_size))
+            try:
+                inps, calls = capture_inputs(model, layers, layers_path, batches, device)
+                break
+            except torch.OutOfMemoryError:  # CUDA ran out: half the batch (nothing was changed yet)
+                if batch_size == 1:
+                    raise
+                logger.warning("CUDA out of memory capturing layer inputs: batch size %d -> %d", batch_size,
+                               (batch_size + 1) // 2)
+                batch_size = (batch_size + 1) // 2
+                torch.cuda.empty_cache()
         logger.info("Captured layer inputs for %d samples in %d batch(es) of <= %d in %.2fs",
                     tokens.shape[0], len(batches), batch_size, time.perf_counter() - start)
     from tqdm.auto import tqdm
@@ -387,13 +374,23 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                 else:
                     groups = [list(targets)]
                 for group in groups:
-                    compressors = {name: make_compressor(targets[name]) for name in group}
-                    for name, comp in compressors.items():
-                        if hasattr(comp, "name"):
-                            comp.name = f"{prefix}.{name}"
-                    seen: dict[str, int] = {}
+                    while True:  # once, or again with half the batch after a CUDA out-of-memory error
+                        compressors = {name: make_compressor(targets[name]) for name in group}
+                        for name, comp in compressors.items():
+                            if hasattr(comp, "name"):
+                                comp.name = f"{prefix}.{name}"
+                        seen: dict[str, int] = {}
+                        try:
+                            if needs_calibration:
+                                _collect(layer, compressors, hooked, inps, calls[index], prefix, share_inputs, seen,
+                                         may_idle)
+                            break
+                        except torch.OutOfMemoryError as exc:
+                            for comp in compressors.values():
+                                comp.free()
+                            del compressors
+                            inps, calls = memory.halve_batches(inps, calls, index, f"calibrating {prefix}", exc)
                     if needs_calibration:
-                        _collect(layer, compressors, hooked, inps, calls[index], prefix, share_inputs, seen, may_idle)
                         _fill_idle_statistics({n: c for n, c in compressors.items() if n in may_idle}, seen, prefix)
                     for name, comp in compressors.items():
                         s = comp.compress()
@@ -406,8 +403,12 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                     del compressors
             if block_weights is not None:
                 block_weights.extend(measure_block(layer, block_roles(layer, linears), prefix, index))
-            if needs_calibration and index + 1 < len(layers):
-                inps = _run_layer(layer, inps, calls[index])
+            while needs_calibration and index + 1 < len(layers):
+                try:
+                    inps = _run_layer(layer, inps, calls[index])
+                    break
+                except torch.OutOfMemoryError as exc:
+                    inps, calls = memory.halve_batches(inps, calls, index, f"running {prefix}", exc)
             calls_done = calls[index] if calls else None
             if calls:
                 calls[index] = []  # free this layer's masks/embeddings
