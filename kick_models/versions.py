@@ -97,3 +97,29 @@ def kick_requested(argv: list[str]) -> bool:
     models = [m for m in values["model"] if m.startswith("kick-")]
     tasks = [t for v in values["tasks"] for t in v.split(",") if t.strip().startswith("kick")]
     return bool(models or tasks)
+
+
+def describe() -> str:
+    """One line: the installed versions of the packages that make a stack."""
+    parts = []
+    for name in ("lm-eval", "transformers", "datasets", "torch", "accelerate", "bitsandbytes"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return ", ".join(parts)
+
+
+def main() -> int:
+    """``python -m kick_models.versions``: print this stack; exit 2 with the error if it is unsupported."""
+    print(f"kick stack: {describe()} (python {sys.version.split()[0]})")
+    try:
+        check()
+    except UnsupportedVersionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
