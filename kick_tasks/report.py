@@ -329,6 +329,9 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
             st = e.info.get("sparsity_type") or ""
             target = st if ":" in st else ("0%" if not sp else f"{100 * sp:.0f}%")
             sp_txt = target + ("" if ms is None else f" ({100 * ms:.1f}%)")
+        cov = e.info.get("coverage")
+        if cov is not None and cov < 1:  # routers kept dense, or allow_partial: say how much was compressed
+            sp_txt += f" [{100 * cov:.1f}% of block weights compressed]"
         bpw = e.info.get("bits_per_weight")
         row = [e.label, sp_txt, "-" if bpw is None else f"{bpw:.2f}"]
         for task, metric, filt, ppl, paired in specs:

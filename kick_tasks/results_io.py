@@ -331,6 +331,8 @@ def compression_info(run: Run) -> dict[str, Any]:
         "measured_sparsity": _num(summary.get("measured_sparsity")),
         "bits_per_weight": _num(summary.get("bits_per_weight")),
         "seconds": _num(summary.get("seconds", summary.get("compression_seconds"))),
+        # share of the decoder blocks' >= 2-D weights that were compressed (kick >= issue 12; None before)
+        "coverage": _num((summary.get("coverage") or {}).get("compressed_fraction")),
     }
     return info
 
