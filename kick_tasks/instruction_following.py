@@ -14,13 +14,11 @@ metrics under their own names. Judge-free: answer length and empty-output rate.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from kick_tasks.data import resolve
 from kick_tasks.judge import paper, session
 from kick_tasks.judge.prompts import FASTCHAT_RAW, fetch_jsonl
-from kick_tasks.judge.protocols import PairwiseFourCriteria, SingleGrade
 from kick_tasks.judge.settings import JudgeSettings
 from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
 
@@ -31,17 +29,9 @@ TASK = "instruction_following"
 GEN_KWARGS = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1024}
 
 
-@functools.lru_cache(maxsize=8)
 def protocols(settings: JudgeSettings | None = None) -> tuple:
     """The paper's pairwise judge, plus the opt-ins ``settings`` asks for (each with its own metrics)."""
-    extras = settings.extra_set if settings else frozenset()
-    chosen: list = [paper.PaperPairwise(TASK, orders=settings.orders if settings else "one",
-                                        robust="robust" in extras)]
-    if "four_criteria" in extras:
-        chosen.append(PairwiseFourCriteria())
-    if "rating" in extras:
-        chosen.append(SingleGrade(turn=1, metric="judge_rating", robust="robust" in extras))
-    return tuple(chosen)
+    return paper.protocols_for(TASK, settings)
 
 
 def _reference_answers(metadata: dict[str, Any] | None) -> dict[int, str]:

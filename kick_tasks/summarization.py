@@ -28,7 +28,6 @@ from typing import Any
 
 from kick_tasks.data import DataNotFoundError, DataSchemaError, resolve
 from kick_tasks.judge import paper, session
-from kick_tasks.judge.protocols import PairwiseFourCriteria
 from kick_tasks.judge.settings import JudgeSettings
 from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
 
@@ -48,15 +47,9 @@ REFERENCE_ENV = "KICK_SUMMARY_REFERENCE_FILE"
 GEN_KWARGS = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1024}
 
 
-@functools.lru_cache(maxsize=8)
 def protocols(settings: JudgeSettings | None = None) -> tuple:
     """The paper's pairwise judge, plus the opt-ins ``settings`` asks for (each with its own metrics)."""
-    extras = settings.extra_set if settings else frozenset()
-    chosen: list = [paper.PaperPairwise(TASK, orders=settings.orders if settings else "one",
-                                        robust="robust" in extras)]
-    if "four_criteria" in extras:
-        chosen.append(PairwiseFourCriteria())
-    return tuple(chosen)
+    return paper.protocols_for(TASK, settings)
 
 
 # ----------------------------------------------------------------------------- stories and questions

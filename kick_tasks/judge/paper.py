@@ -16,6 +16,7 @@ own names (``*_debiased``, ``*_robust``) and never change the paper's.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -191,3 +192,19 @@ class PaperPairwise:
             out.update(self._metrics(loose[1] if loose else None, loose[0] if loose else None, "_robust"))
             out["judge_invalid_rate_robust"] = float(loose is None)
         return out, invalid
+
+
+@functools.lru_cache(maxsize=16)
+def protocols_for(task: str, settings=None) -> tuple:
+    """The paper's pairwise judge of ``task``, plus the opt-ins the judge settings ask for, each with its own
+    metric names: ``four_criteria`` (kick's pairwise prompt, ``judge4c_*``) and, for instruction following,
+    ``rating`` (FastChat single-answer grading, ``judge_rating``)."""
+    from .protocols import PairwiseFourCriteria, SingleGrade
+
+    extras = settings.extra_set if settings else frozenset()
+    chosen: list = [PaperPairwise(task, orders=settings.orders if settings else "one", robust="robust" in extras)]
+    if "four_criteria" in extras:
+        chosen.append(PairwiseFourCriteria())
+    if "rating" in extras and task == "instruction_following":
+        chosen.append(SingleGrade(turn=1, metric="judge_rating", robust="robust" in extras))
+    return tuple(chosen)
