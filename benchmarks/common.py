@@ -1,7 +1,9 @@
 """Shared plumbing for the kick benchmarks: paths, the real model, calibration tokens, child processes, stats.
 
-Every measurement runs in a FRESH child process (so peak RSS = ``ru_maxrss`` of that child and nothing is warm
-from a previous run); A/B runs are interleaved and summarised by their median.
+Every measurement runs in a FRESH child process (nothing is warm from a previous run); A/B runs are interleaved and
+summarised by their median. Peak memory is each process's OWN high-water mark, ``VmHWM`` from ``/proc/<pid>/status``
+(:class:`PeakMemory`), read while it runs: ``ru_maxrss`` is not, since Linux carries it across ``exec`` (a child started
+from a 1.2 GiB parent reports at least 1.2 GiB).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +125,96 @@ def calibration_tokens(nsamples: int, seqlen: int, seed: int = 0) -> Path:
     return out
 
 
+def vmhwm_mib(pid: int) -> float | None:
+    """``VmHWM`` (peak resident set of this process image, not inherited across exec) of ``pid`` in MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+class PeakMemory:
+    """Samples ``VmHWM`` of a process and of all its descendants (every ``interval`` s) while it runs.
+
+    VmHWM is a high-water mark, so sampling only misses growth in a process's last ``interval`` of life.
+    ``peak_mib``: the process itself; ``descendants``: ``{pid: (command line, peak MiB)}`` of every child,
+    grandchild, ... seen (e.g. the lm_eval child of every config of a ``kick sweep``), after its last exec.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.peak_mib: float | None = None
+        self.descendants: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _cmdline(self, pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            return "?"
+
+    def _sample(self) -> None:
+        hwm = vmhwm_mib(self.pid)
+        if hwm is not None:
+            self.peak_mib = max(self.peak_mib or 0.0, hwm)
+        todo, seen = _children(self.pid), set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            todo += _children(pid)
+            hwm, cmd = vmhwm_mib(pid), self._cmdline(pid)
+            if hwm is None:
+                continue
+            old = self.descendants.get(pid)
+            if old is not None and old[0] == cmd:
+                hwm = max(hwm, old[1])
+            # a new command line = the process exec'd: a new image with its own VmHWM (the forked copy's is dropped)
+            self.descendants[pid] = (cmd, hwm)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> "PeakMemory":
+        self._stop.set()
+        self._thread.join()
+        return self
+
+
 @dataclass
 class ChildResult:
-    """What one child process reported (its last stdout line is a JSON object) plus the parent's wall clock."""
+    """What one child process reported (its last stdout line is a JSON object) plus the parent's wall clock.
+
+    ``peak_mib``: the child's own VmHWM (None where /proc is unavailable); ``descendants``: the same for every
+    process it started (``{pid: (command line, peak MiB)}``)."""
 
     data: dict[str, Any]
     wall: float
     returncode: int
     stderr_tail: str = ""
+    peak_mib: float | None = None
+    descendants: dict[int, tuple[str, float]] = field(default_factory=dict)
 
 
 def run_child(cmd: Sequence[str], timeout: float = 1800, env: dict[str, str] | None = None,
@@ -139,9 +224,18 @@ def run_child(cmd: Sequence[str], timeout: float = 1800, env: dict[str, str] | N
     full_env = {**os.environ, **CHILD_ENV, "KICK_DATA_DIR": str(data_dir()), "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads, **(env or {})}
     t0 = time.perf_counter()
-    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=str(cwd or ROOT))
+    with subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=full_env, cwd=str(cwd or ROOT)) as popen:
+        memory = PeakMemory(popen.pid)
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except BaseException:
+            popen.kill()
+            raise
+        finally:
+            memory.stop()
     wall = time.perf_counter() - t0
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     data: dict[str, Any] = {}
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -153,7 +247,8 @@ def run_child(cmd: Sequence[str], timeout: float = 1800, env: dict[str, str] | N
     tail = proc.stderr[-3000:]
     if proc.returncode != 0:
         raise RuntimeError(f"child failed (rc={proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
-    return ChildResult(data=data, wall=wall, returncode=proc.returncode, stderr_tail=tail)
+    return ChildResult(data=data, wall=wall, returncode=proc.returncode, stderr_tail=tail, peak_mib=memory.peak_mib,
+                       descendants=memory.descendants)
 
 
 def median(values: Sequence[float]) -> float:

@@ -105,6 +105,9 @@ class ConfigKilled(RuntimeError):
         super().__init__(f"{outcome.slug}: {outcome.error}")
         self.outcome = outcome
 
+    def __reduce__(self):  # travels back from Ray workers with its outcome
+        return (ConfigKilled, (self.outcome,))
+
 
 def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else ""
@@ -522,7 +525,7 @@ class RayExecutor:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
+            cause = getattr(exc, "cause", None)
             if isinstance(cause, ConfigKilled):
                 return _killed_outcome(cause, self.retries)
             why = f"{type(cause).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"

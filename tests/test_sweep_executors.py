@@ -126,30 +126,38 @@ def test_a_worker_that_cannot_see_the_output_folder_fails_the_config_clearly(tmp
     assert "cannot see the sweep's compression cache" in run_config_job(unseen_cache).error
 
 
-def test_a_killed_child_is_retried_then_failed_with_its_log(tmp_path):
-    """The OOM-killer case: the lm_eval child dies by a signal -> another attempt, then 'failed' with the log."""
-    from kick_tasks.sweep_executors import ConfigJob, LocalExecutor, Progress, write_token
+def _killing_jobs(tmp_path: Path):
+    """Two fake configs: one whose child always dies by SIGKILL, one killed once then exiting with code 3."""
+    from kick_tasks.sweep_executors import ConfigJob, Progress, write_token
 
     out = tmp_path / "out"
     token = write_token(out, None)
-    # kills itself the first time; the second attempt (marker present) exits 3 (an error: not retried)
     script = (f"import os, pathlib, signal; m = pathlib.Path({str(tmp_path / 'marker')!r}); "
               "print('child says hi', flush=True)\n"
               "if not m.exists(): m.touch(); os.kill(os.getpid(), signal.SIGKILL)\n"
               "raise SystemExit(3)")
-    always = ConfigJob("always-killed", (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"),
-                       str(out), token)
-    once = ConfigJob("killed-once", (sys.executable, "-c", script), str(out), token)
-    outcomes = {}
-    progress = Progress(out, token, total=2, done_before=0)
-    LocalExecutor(jobs=2, retries=1).run([always, once], lambda o: outcomes.setdefault(o.slug, o), progress)
-    progress.close()
+    jobs = [ConfigJob("always-killed", (sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"), str(out), token),
+            ConfigJob("killed-once", (sys.executable, "-c", script), str(out), token)]
+    return out, jobs, Progress(out, token, total=2, done_before=0)
+
+
+def _check_killed(outcomes: dict, out: Path) -> None:
     a, b = outcomes["always-killed"], outcomes["killed-once"]
-    assert a.status == "failed" and a.attempt == 2 and a.returncode == -9
+    assert a.status == "failed" and a.attempt == 2 and a.returncode == -9, a
     assert "killed by signal 9 (SIGKILL)" in a.error and "gave up after 2 attempt(s)" in a.error
-    assert b.status == "failed" and b.attempt == 2 and b.returncode == 3 and b.error == "exit code 3"
+    assert b.status == "failed" and b.attempt == 2 and b.returncode == 3 and b.error == "exit code 3", b
     assert "child says hi" in (out / "killed-once" / "lm_eval.log").read_text()
 
+
+def test_a_killed_child_is_retried_then_failed_with_its_log(tmp_path):
+    """The OOM-killer case: the lm_eval child dies by a signal -> another attempt, then 'failed' with the log."""
+    from kick_tasks.sweep_executors import LocalExecutor
+
+    out, jobs, progress = _killing_jobs(tmp_path)
+    outcomes = {}
+    LocalExecutor(jobs=2, retries=1).run(jobs, lambda o: outcomes.setdefault(o.slug, o), progress)
+    progress.close()
+    _check_killed(outcomes, out)
 
 def test_executor_ray_without_ray_says_how_to_install(tiny_llama_dir, tiny_tasks, tmp_path):  # noqa: F811
     """Ray made unimportable in a real ``kick sweep`` process: the error names the extra, nothing runs."""
@@ -261,3 +269,14 @@ def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, tiny_tasks, ray_cluster, t
         time.sleep(0.5)
     assert not any(_pid_alive(w) for w in workers), workers  # the Ray workers (and their lm_eval children) are gone
     assert {c["status"] for c in manifest(out).values()} == {"interrupted"}
+
+
+def test_ray_retries_a_killed_child_then_fails_it_with_its_log(ray_cluster, tmp_path):
+    """On Ray too, a child killed by a signal (the OOM-killer case) is another attempt; an exit code is final."""
+    from kick_tasks.sweep_executors import RayExecutor
+
+    out, jobs, progress = _killing_jobs(tmp_path)
+    outcomes = {}
+    RayExecutor(address=ray_cluster, retries=1).run(jobs, lambda o: outcomes.setdefault(o.slug, o), progress)
+    progress.close()
+    _check_killed(outcomes, out)
