@@ -136,6 +136,9 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
     pool: list[torch.Tensor] = []
     last = len(layers) - 1
     saved = [layer.__dict__.get("forward") for layer in layers]
+    # transformers 4.x Gemma 2/3, Qwen2-MoE, OPT ... take ``layer_outputs[0]``: once layer 1 receives a
+    # tensor with one dimension fewer than layer 0's input, the recorders return tuples instead.
+    as_tuple = [False]
 
     def recorder(index: int) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -148,7 +151,9 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
                 hidden_per_batch.append(hidden.detach())
             if index == last:
                 raise _StopForward
-            return hidden
+            if index > 0 and hidden.dim() < hidden_per_batch[-1].dim():
+                as_tuple[0] = True
+            return (hidden_per_batch[-1],) if as_tuple[0] else hidden
 
         return forward
 
