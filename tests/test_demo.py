@@ -44,6 +44,20 @@ def test_demo_data_is_small_licensed_and_matches_its_manifest():
     assert len(docs) == 100
 
 
+@pytest.mark.slow
+def test_the_wheel_ships_the_demo_data(tmp_path):
+    import zipfile
+
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    names = set(zipfile.ZipFile(next(tmp_path.glob("kick_eval-*.whl"))).namelist())
+    manifest = json.loads((DEMO / "MANIFEST.json").read_text())
+    for relative, entry in manifest["files"].items():
+        assert f"kick_tasks/demo_data/{relative}" in names and f"kick_tasks/demo_data/{entry['license_file']}" in names
+    assert "kick_tasks/demo_data/MANIFEST.json" in names
+
+
 def test_demo_data_is_an_unchanged_excerpt_of_the_full_data(shared_data):
     """Same first 100 questions, a prefix of the WikiText-2 file, the first C4 documents."""
     import pyarrow.parquet as pq
