@@ -25,6 +25,12 @@ never visible). Reads check the stored sha256: a corrupted entry is reported
 with a warning, removed and rebuilt by the caller. An unwritable cache folder
 warns and the run continues uncached.
 
+Concurrent writers (``kick sweep --jobs``/Ray, retries, several runs of one
+config, also on a shared filesystem): the model classes (``kick_models.lm``)
+hold ``<root>/locks/<key>.lock`` (:func:`kick_models.distributed.file_lock`)
+around read-or-compress-and-store, so one process compresses and the others
+wait, then load its entry.
+
 Location: ``cache_dir`` argument > ``$KICK_CACHE_DIR`` > ``~/.cache/kick``.
 """
 
