@@ -120,11 +120,23 @@ def tokenizer_from_metadata(metadata: dict[str, Any]):
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
+def _hflm_max_length(config, tokenizer=None, *, default: int) -> int:
+    """``HFLM.max_length``'s rule in lm-eval < 0.4.13 (no ``resolve_max_length`` there): config, tokenizer, default."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, attr, None) is not None:
+            return int(getattr(config, attr))
+    length = getattr(tokenizer, "model_max_length", None)
+    return default if length is None or length == 1000000000000000019884624838656 else int(length)
+
+
 def model_max_length(metadata: dict[str, Any], tokenizer) -> int:
     """HFLM's ``max_length``: the ``max_length`` model arg, else the model config, else 2048."""
     if metadata.get("max_length"):
         return int(metadata["max_length"])
-    from lm_eval.models.utils import resolve_max_length
+    try:
+        from lm_eval.models.utils import resolve_max_length
+    except ImportError:  # lm-eval < 0.4.13
+        resolve_max_length = _hflm_max_length
     from transformers import AutoConfig
 
     config = None
