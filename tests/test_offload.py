@@ -54,20 +54,20 @@ def sha(path) -> str:
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
 
-def load_plain(path):
+def load_plain(path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
-def load_disk(path, offload_folder, disk: list[str]):
+def load_disk(path, offload_folder, disk: list[str], dtype=torch.float32):
     """``disk`` module names go to the "disk" device (accelerate hooks, values on meta); the rest on CPU."""
     from transformers import AutoModelForCausalLM
 
     device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu",
                   **{f"model.layers.{i}": "cpu" for i in range(LAYERS)}}
     device_map.update(dict.fromkeys(disk, "disk"))
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map=device_map,
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map,
                                                 offload_folder=str(offload_folder)).eval()
 
 
@@ -215,3 +215,18 @@ def test_compress_device_must_hold_data(device, source):
 
     with pytest.raises(CompressionConfigError, match="compress_device"):
         _parse_device(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_blocks_offloaded_to_disk(dtype, source, tmp_path):
+    """bf16 / fp16 blocks written back in accelerate's offload format (bf16 stored as int16) stay exact."""
+    tokens = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(2))
+    plain = load_plain(source, dtype)
+    prune(plain, None, method="sparsegpt", sparsity=0.5, calibration=tokens, progress=False)
+    model = load_disk(source, tmp_path / "offload", ["model.layers.1", "model.layers.2"], dtype)
+    prune(model, None, method="sparsegpt", sparsity=0.5, calibration=tokens, progress=False)
+    state = saved_state(model, tmp_path / "saved")
+    for name, value in plain.state_dict().items():
+        assert state[name].dtype == dtype and torch.equal(state[name], value), name
+    logits = model(tokens[:1]).logits
+    assert torch.isfinite(logits).all() and torch.equal(logits, plain(tokens[:1]).logits)
