@@ -17,12 +17,7 @@ from kick_models.compress import memory
 TOKENS = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _room_for_two(module: torch.nn.Module, calls: list[int], only_call: int | None = None):
