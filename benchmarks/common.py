@@ -175,15 +175,16 @@ class PeakMemory:
         hwm = vmhwm_mib(self.pid)
         if hwm is not None:
             self.peak_mib = max(self.peak_mib or 0.0, hwm)
-        todo, seen = _children(self.pid), set()
+        top = self._cmdline(self.pid)
+        todo, seen = [(c, top) for c in _children(self.pid)], set()
         while todo:
-            pid = todo.pop()
+            pid, parent_cmd = todo.pop()
             if pid in seen:
                 continue
             seen.add(pid)
-            todo += _children(pid)
             hwm, cmd = vmhwm_mib(pid), self._cmdline(pid)
-            if hwm is None:
+            todo += [(c, cmd) for c in _children(pid)]
+            if hwm is None or cmd == parent_cmd:  # gone, or a fork that has not exec'd yet (e.g. before `git`)
                 continue
             old = self.descendants.get(pid)
             if old is not None and old[0] == cmd:
