@@ -381,6 +381,8 @@ class LocalExecutor:
     @staticmethod
     def _slots(jobs: int, gpus_per_config: int | None, device: str | None) -> list[dict[str, str]]:
         """One environment per job slot: pinned GPUs, or the CPU threads split between the jobs."""
+        if gpus_per_config and device is not None and not device.startswith("cuda"):
+            raise SweepError(f"--gpus-per-config with --device {device}: use --device cuda (or drop --gpus-per-config)")
         gpus = _visible_gpus()
         use_gpus = bool(gpus) and (device is None or device.startswith("cuda")) or bool(gpus_per_config)
         if use_gpus:

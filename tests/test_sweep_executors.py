@@ -97,6 +97,7 @@ def test_bad_executor_options_fail_before_anything_runs(tiny_llama_dir, tiny_tas
         "cpus per config without ray": (["--cpus-per-config", "2"], "option of --executor ray"),
         "gpus on a CPU machine": (["--jobs", "2", "--gpus-per-config", "1"], "needs 2 GPU(s); this machine shows 0"),
         "jobs with ray": (["--executor", "ray", "--jobs", "2"], "--jobs is an option of --executor local"),
+        "gpus with --device cpu": (["--device", "cpu", "--gpus-per-config", "1"], "use --device cuda"),
     }
     for name, (extra, msg) in cases.items():
         assert sweep.main(base + extra) == 2, name
