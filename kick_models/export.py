@@ -155,11 +155,12 @@ def save_compressed(
     from safetensors.torch import save_file
 
     from kick_models.cache import report_quant_params
+    from kick_models.compress.placement import save_pretrained_kwargs
 
     target = check_export_target(path)
     with staged_folder(target) as tmp:
         with without_gguf_quantizer(model):
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **save_pretrained_kwargs(model))  # offloaded too
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         record = compression_record(model, report, source=source, extra=extra)

@@ -225,3 +225,17 @@ def test_half_precision_blocks_offloaded_to_disk(dtype, source, tmp_path):
         assert state[name].dtype == dtype and torch.equal(state[name], value), name
     logits = model(tokens[:1]).logits
     assert torch.isfinite(logits).all() and torch.equal(logits, plain(tokens[:1]).logits)
+
+
+def test_save_compressed_of_a_cpu_offloaded_model(source, tmp_path):
+    """kick's export of a model offloaded by accelerate hooks alone (no ``hf_device_map``) holds the real weights."""
+    from kick_models.export import save_compressed
+
+    tokens = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(3))
+    plain = load_plain(source)
+    prune(plain, None, method="wanda", sparsity=0.5, calibration=tokens, progress=False)
+    model = PLACEMENTS["cpu-blocks"](source, tmp_path)
+    report = prune(model, None, method="wanda", sparsity=0.5, calibration=tokens, progress=False)
+    saved = load_file(str(save_compressed(model, None, report, tmp_path / "export") / "model.safetensors"))
+    for name, value in plain.state_dict().items():
+        assert torch.equal(saved[name], value), name

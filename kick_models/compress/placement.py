@@ -346,3 +346,13 @@ def describe(model: nn.Module) -> dict | None:
     per_device = collections.Counter(str(v) for v in device_map.values())
     return {"device_map": dict(sorted(per_device.items())),
             "offloaded_modules": sum(1 for m in model.modules() if is_offloaded(m))}
+
+
+def save_pretrained_kwargs(model: nn.Module) -> dict:
+    """Extra ``save_pretrained`` arguments for a model whose offloaded weights transformers cannot find itself
+    (hooks without ``hf_device_map``, e.g. ``cpu_offload``): accelerate's onloaded state dict."""
+    if getattr(model, "hf_device_map", None) or not any(is_offloaded(m) for m in model.modules()):
+        return {}
+    from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+    return {"state_dict": get_state_dict_offloaded_model(model)}
