@@ -132,11 +132,12 @@ def run(nsamples: int, seqlen: int, repeats: int, methods: list[tuple[str, str, 
                 t0 = time.perf_counter()
                 res = run_child(_worker_cmd(side, model, calib, method, stype, save))
                 times[side].append(res.data["seconds"])
-                rss[side].append(res.data["rss_peak_mib"])
+                # the child's own VmHWM (ru_maxrss would carry a bigger parent's peak across exec)
+                rss[side].append(res.peak_mib if res.peak_mib is not None else res.data["rss_peak_mib"])
                 if save:
                     saved[side] = save
                 print(f"[bench1] {label:14s} {side:5s} rep {rep + 1}/{repeats}: {res.data['seconds']:.1f}s compress, "
-                      f"peak RSS {res.data['rss_peak_mib']:.0f} MiB (child {time.perf_counter() - t0:.0f}s)",
+                      f"peak RSS {rss[side][-1]:.0f} MiB (child {time.perf_counter() - t0:.0f}s)",
                       file=sys.stderr)
         ours, theirs = torch.load(saved["kick"]), torch.load(saved["llmc"])
         t_k, t_l = median(times["kick"]), median(times["llmc"])
@@ -146,7 +147,7 @@ def run(nsamples: int, seqlen: int, repeats: int, methods: list[tuple[str, str, 
         rows.append(Row("1 vs llm-compressor", f"{label}: time ratio kick/llmc", t_k / t_l, f"<= {SPEED_TARGET}",
                         t_k / t_l <= SPEED_TARGET, detail, {"kick_s": times["kick"], "llmc_s": times["llmc"]}))
         rows.append(Row("1 vs llm-compressor", f"{label}: peak RSS ratio kick/llmc", m_k / m_l, "report",
-                        None, f"kick {m_k:.0f} MiB vs llm-compressor {m_l:.0f} MiB (whole process, model incl.)",
+                        None, f"kick {m_k:.0f} MiB vs llm-compressor {m_l:.0f} MiB (whole process, model incl.; VmHWM)",
                         {"kick_mib": rss["kick"], "llmc_mib": rss["llmc"]}))
         if method == "gptq":
             e_k, e_l = gptq_output_errors(model, heldout, ours, theirs)
