@@ -14,6 +14,8 @@ metrics under their own names. Judge-free: answer length and empty-output rate.
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 from kick_tasks.data import resolve
@@ -25,6 +27,7 @@ from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
 ONLINE = f"{FASTCHAT_RAW}/vicuna_bench"
 PAPER_ANSWERS = f"{paper.PAPER_RAW}/mt_conversation/answer.jsonl"
 TASK = "instruction_following"
+log = logging.getLogger(__name__)
 #: generation settings of the YAML (recorded by lm-eval in results["configs"][task]["generation_kwargs"])
 GEN_KWARGS = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1024}
 
@@ -42,22 +45,38 @@ def _reference_answers(metadata: dict[str, Any] | None) -> dict[int, str]:
     return {int(r["question_id"]): r["choices"][0]["turns"][0] for r in rows}
 
 
-def _gpt35_answers(metadata: dict[str, Any] | None) -> dict[int, str]:
+@functools.lru_cache(maxsize=4)
+def _gpt35_rows(data_dir: str | None) -> tuple[tuple[int, str], ...]:
+    metadata = {"data_dir": data_dir} if data_dir else None
     rows = resolve("the paper's GPT-3.5 answers to Vicuna-bench (the comparator, Assistant 1)",
                    "vicuna_bench/answer_gpt-3.5-turbo.jsonl", lambda p: read_jsonl(p, ("question_id", "text")),
                    lambda: fetch_jsonl(PAPER_ANSWERS), online_description=PAPER_ANSWERS, metadata=metadata)
-    return {int(r["question_id"]): r["text"] for r in rows}
+    return tuple((int(r["question_id"]), r["text"]) for r in rows)
+
+
+def gpt35_answers(metadata: dict[str, Any] | None = None) -> dict[int, str]:
+    """The paper's GPT-3.5 answers by question id (local data dir, else the paper's GitHub copy)."""
+    return dict(_gpt35_rows((metadata or {}).get("data_dir")))
 
 
 def load_docs(metadata: dict[str, Any] | None = None, judged: bool = True) -> list[dict[str, Any]]:
     """The 80 questions with the paper's comparator answer (``reference``) and FastChat's GPT-4 reference
-    (``ref_answer``, math/coding; for the opt-in ``rating``). ``judged=False`` skips the judge-only files."""
+    (``ref_answer``, math/coding; for the opt-in ``rating``). They go into the docs (and so into
+    ``--log_samples``) even without a judge, so ``kick judge`` can judge later; missing files are an error
+    only when ``judged``."""
     questions = resolve("Vicuna-bench questions", "vicuna_bench/question.jsonl",
                         lambda p: read_jsonl(p, ("question_id", "category", "turns")),
                         lambda: fetch_jsonl(f"{ONLINE}/question.jsonl"),
                         online_description=f"{ONLINE}/question.jsonl", metadata=metadata)
-    reference = _gpt35_answers(metadata) if judged else {}
-    ref_answers = _reference_answers(metadata) if judged else {}
+    try:
+        reference = gpt35_answers(metadata)
+        ref_answers = _reference_answers(metadata)
+    except FileNotFoundError as exc:
+        if judged:
+            raise
+        log.warning("%s\n-> no comparator in the docs; `kick judge` will look the answers up when it judges.",
+                    str(exc).splitlines()[0])
+        reference, ref_answers = {}, {}
     return [{"question_id": int(q["question_id"]), "category": q["category"], "question": q["turns"][0],
              "reference": reference.get(int(q["question_id"]), ""),
              "ref_answer": ref_answers.get(int(q["question_id"]), "")} for q in questions]
@@ -85,8 +104,9 @@ def doc_to_target(doc: dict[str, Any]) -> str:
 
 def judge_item(doc: dict[str, Any], answer: str) -> dict[str, Any]:
     """What the judge sees: the question (the paper's ``text``), its category, the comparator and the answer."""
+    comparator = doc.get("reference") or gpt35_answers().get(int(doc["question_id"]), "")
     return {"question": doc["question"], "category": doc.get("category", ""), "answer": answer,
-            "comparator": doc.get("reference") or "", "reference": doc.get("reference") or "",
+            "comparator": comparator, "reference": comparator,
             "ref_answer": doc.get("ref_answer") or ""}
 
 

@@ -312,7 +312,7 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
 def judge_item(doc: dict[str, Any], answer: str) -> dict[str, Any]:
     """What the judge sees: the question as the model got it (before any context cut), the bucket, the
     comparator's summary (Assistant 1) and the model's (Assistant 2)."""
-    question = doc.get("paper_text") or doc["question"]
+    question = doc.get("paper_text") or doc.get("question") or f"{INSTRUCTIONS[doc['bucket']]}\n\n{doc['story']}"
     if not doc.get("highlights_in_prompt", False):
         question = drop_highlights(question)
     comparator = doc.get("comparator_text") or "\n".join(doc["highlights"])

@@ -75,15 +75,17 @@ def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, shared_data, tmp_p
         stop(serve)
     results = _results(out)
     for task in ("kicksum_small", "kick_instruction_following"):
-        for metric in ("judge_score", "judge_win_rate", "judge_coherence", "judge_invalid_rate"):
+        for metric in ("judge_score", "judge_ref_score", "judge_invalid_rate"):
             assert f"{metric},none" in results[task]
         assert 0.0 <= results[task]["judge_invalid_rate,none"] <= 1.0
-    assert "judge_rating,none" in results["kick_instruction_following"]
+        assert not [k for k in results[task] if "debiased" in k or "robust" in k or "judge4c" in k]
+    assert "judge_coherence,none" in results["kicksum_small"]
+    assert "judge_rating,none" not in results["kick_instruction_following"]   # FastChat grading: opt-in there
     assert "judge_rating,none" in results["kick_mt_bench"] and "rouge1,none" in results["kicksum_small"]
     posts = (tmp_path / "serve.log").read_text().count("POST /v1/chat/completions")
     distinct = sqlite3.connect(tmp_path / "cache" / "judge.sqlite").execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
-    # pairwise in both orders per summary; + single grading per Vicuna question; single grading per MT-Bench doc
-    assert posts == distinct == 2 * 2 + 2 * 3 + 2 * 1
+    # the paper's protocol: one request per summary and per Vicuna question; single grading per MT-Bench doc
+    assert posts == distinct == 2 * 1 + 2 * 1 + 2 * 1
     assert files_containing(tmp_path, SECRET) == []
     assert SECRET not in result.stdout + result.stderr
 
@@ -139,6 +141,59 @@ def test_kick_judge_in_process_backend(no_judge_run, tiny_llama_dir, shared_data
                             env=clean_env(KICK_DATA_DIR=str(shared_data)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(next(tmp_path.glob("*.summary.json")).read_text())
-    assert summary["n_samples"] == 1 and summary["backend_requests"] == 3
+    assert summary["n_samples"] == 1 and summary["backend_requests"] == 1
     assert 0.0 <= summary["metrics"]["judge_invalid_rate"] <= 1.0
     assert "req" in result.stderr  # per-request progress bar
+
+
+def test_kick_judge_reproduces_the_in_run_metrics(tiny_llama_dir, shared_data, tmp_path):
+    """Judging during the lm-eval run and `kick judge` on its --log_samples give the same metrics; the same
+    judge served again on another port answers from the cache; the run records its generation settings."""
+    port, record = free_port(), tmp_path / "in_run.jsonl"
+    fake = start_fake(port, record=record)
+    out = tmp_path / "out"
+    try:
+        env = clean_env(KICK_DATA_DIR=str(shared_data), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
+                        KICK_JUDGE_MODEL="gpt-4", KICK_JUDGE_CACHE=str(tmp_path / "run.sqlite"),
+                        XDG_CACHE_HOME=str(tmp_path / "xdg"))
+        _lm_eval(tiny_llama_dir, out, env, tasks="kicksum_large,kick_instruction_following")
+    finally:
+        stop(fake)
+    results = json.loads(sorted(out.rglob("results_*.json"))[0].read_text())
+    for task in ("kicksum_large", "kick_instruction_following"):
+        gen = results["configs"][task]["generation_kwargs"]
+        assert gen["do_sample"] is False and gen["max_gen_toks"] == 8      # the settings used are recorded
+    assert results["results"]["kicksum_large"]["truncated_rate,none"] == 1.0   # long stories, 512-token model
+    samples = sorted(out.rglob("samples_*.jsonl"))
+    first = json.loads(next(p for p in samples if "kicksum_large" in p.name).read_text().splitlines()[0])
+    prompt = first["arguments"]["gen_args_0"]["arg_0"]
+    assert first["doc"]["comparator"] == "highlights" and first["doc"]["truncated"] == 1.0
+    assert "<|im_start|>user\nSummarize the given news in less than 150 words" in prompt  # instruction kept
+    in_run = len(record.read_text().splitlines())
+    assert in_run == 4
+
+    port2, record2 = free_port(), tmp_path / "later.jsonl"
+    fake = start_fake(port2, record=record2)
+    try:
+        env = clean_env(KICK_DATA_DIR=str(shared_data))
+        fresh = subprocess.run([sys.executable, "-m", "kick_tasks.judge.cli", *map(str, samples), "--base-url",
+                                f"http://127.0.0.1:{port2}/v1", "--model", "gpt-4", "--cache",
+                                str(tmp_path / "fresh.sqlite"), "--output-dir", str(tmp_path / "fresh"), "--no-progress"],
+                               env=env, capture_output=True, text=True, timeout=300)
+        cached = subprocess.run([sys.executable, "-m", "kick_tasks.judge.cli", *map(str, samples), "--base-url",
+                                 f"http://localhost:{port2}/v1", "--model", "gpt-4", "--cache",
+                                 str(tmp_path / "run.sqlite"), "--output-dir", str(tmp_path / "cached"), "--no-progress"],
+                                env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(fake)
+    assert fresh.returncode == 0 and cached.returncode == 0, fresh.stderr[-2000:] + cached.stderr[-2000:]
+    assert len(record2.read_text().splitlines()) == 4          # the fresh cache asked again; the run's cache did not
+    for folder in ("fresh", "cached"):
+        for summary_file in (tmp_path / folder).glob("*.summary.json"):
+            summary = json.loads(summary_file.read_text())
+            in_lm_eval = results["results"][summary["task"]]
+            assert summary["metrics"], summary
+            for metric, value in summary["metrics"].items():
+                assert in_lm_eval[f"{metric},none"] == pytest.approx(value), (folder, summary["task"], metric)
+            if folder == "cached":
+                assert summary["backend_requests"] == 0 and summary["cache_hits"] == 2
