@@ -50,6 +50,8 @@ def agreement(ours_out: Path, base_out: Path, n: int) -> dict:
         "ours_correct": int(sum(mine.values())), "loop_correct": int(sum(loop.values())),
         "both_correct": int(sum(mine[q] and loop[q] for q in common_ids)),
         "same_text": sum(answer_line(ours[q]["resp"] or "") == answer_line(base[q]["continuation"]) for q in common_ids),
+        # batching and padding change nothing when kick's (shorter) output starts the loop's output
+        "prefix": sum(base[q]["continuation"].strip().startswith((ours[q]["resp"] or "").strip()) for q in common_ids),
         "paper_whole": sum(base[q]["paper_contains"] for q in common_ids) / n,
         "differ": [q for q in common_ids if mine[q] != loop[q]],
     }
@@ -103,6 +105,7 @@ def run(n: int, repeats: int, batch_size: int = 16, chat_template: bool = True, 
         f"{a['same']}/{n} questions scored alike{' (differ: ' + ', '.join(a['differ'][:5]) + ')' if a['differ'] else ''}; "
         f"correct: ours {a['ours_correct']}, paper loop {a['loop_correct']}, both {a['both_correct']} "
         f"({'chat template' if chat_template else 'no chat template'}); identical answer text {a['same_text']}/{n}; "
+        f"kick's 32-token output is the start of the loop's output for {a['prefix']}/{n}; "
         f"paper whole-continuation score {a['paper_whole']:.3f}", a))
     return rows
 
