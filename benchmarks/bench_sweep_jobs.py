@@ -98,8 +98,13 @@ def section(res: dict) -> str:
         f"| one lm_eval child's peak memory (VmHWM, MiB) | {res['child_peak_mib_median'][1]:.0f} | "
         f"{res['child_peak_mib_median'][2]:.0f} | - |",
         "",
+        "Per repeat (the two runs of a pair ran back to back): "
+        + ", ".join(f"{a['wall']:.0f}s / {b['wall']:.0f}s = {b['wall'] / a['wall']:.2f}"
+                    for a, b in zip(res["runs"][1], res["runs"][2])) + " (--jobs 1 / --jobs 2 = ratio).",
+        "",
         "Per config, most of a tiny-model run is Python start-up, imports and task set-up (single-threaded), so two "
-        "configs at once overlap those; memory per machine is the sum of the running children's peaks.",
+        "configs at once overlap those on an idle machine; on a machine whose cores are already saturated by other "
+        "jobs, two configs at once gain little. Memory per machine is the sum of the running children's peaks.",
         END,
     ])
 
