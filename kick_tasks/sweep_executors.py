@@ -357,9 +357,9 @@ class Progress:
 OnFinish = Callable[[Outcome], None]
 
 
-def _killed_outcome(exc: ConfigKilled, retries: int) -> Outcome:
+def _killed_outcome(exc: ConfigKilled) -> Outcome:
     out = exc.outcome
-    out.error = f"{out.error}; gave up after {retries + 1} attempt(s)"
+    out.error = f"{out.error}; gave up after {out.attempt} attempt(s)"
     return out
 
 
@@ -395,7 +395,7 @@ class LocalExecutor:
                     f"{len(gpus)} ({', '.join(gpus) or 'none'}). Lower --jobs or --gpus-per-config.")
             if jobs > 1 and device not in (None, "cuda") and device.startswith("cuda:"):
                 raise SweepError(f"--device {device} with --jobs {jobs}: each job is pinned to its own GPU(s) "
-                                    "with CUDA_VISIBLE_DEVICES; use --device cuda")
+                                 "with CUDA_VISIBLE_DEVICES; use --device cuda")
             if jobs == 1 and (gpus_per_config is None or k == len(gpus)):
                 return [{}]  # today's behaviour: the child sees every GPU
             return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * k:(i + 1) * k])} for i in range(jobs)]
@@ -428,7 +428,7 @@ class LocalExecutor:
                     return run_config_job(job, on_start=self._register)
                 except ConfigKilled as exc:
                     if self._stopping or attempt == self.retries:
-                        return _killed_outcome(exc, self.retries)
+                        return _killed_outcome(exc)
             raise AssertionError("unreachable")
         finally:
             with self._lock:
@@ -529,7 +529,7 @@ class RayExecutor:
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ConfigKilled):
-                return _killed_outcome(cause, self.retries)
+                return _killed_outcome(cause)
             why = f"{type(cause).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         except ray.exceptions.RayError as exc:  # worker or node died (after max_retries), task cancelled
             why = f"{type(exc).__name__} ({str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})"
