@@ -55,8 +55,9 @@ def calib_txt(tmp_path):
 @pytest.fixture()
 def task_args(tmp_path):
     """The kick factoid task when its data is here (no --include_path), else a tiny local task."""
+    # --device cpu: lm-eval before 0.4.13 defaults HF models to cuda even without a GPU (the oldest CI stack).
     if SHARED_DATA.is_dir():
-        return ["--tasks", "kick_factoid_qa"]
+        return ["--tasks", "kick_factoid_qa", "--device", "cpu"]
     folder = tmp_path / "tasks"
     folder.mkdir()
     data = folder / "data.jsonl"
@@ -64,7 +65,7 @@ def task_args(tmp_path):
             {"question": "The quick brown fox", "choices": [" jumps", " sleeps"], "answer": 0}] * 2
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (folder / "kicktest_mc.yaml").write_text(MC_TASK.format(data=data))
-    return ["--tasks", "kicktest_mc", "--include_path", str(folder)]
+    return ["--tasks", "kicktest_mc", "--include_path", str(folder), "--device", "cpu"]
 
 
 def _run(cmd: list[str], env: dict, timeout: int = 300) -> str:
