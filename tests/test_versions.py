@@ -83,6 +83,16 @@ def test_this_environment_is_supported():
     versions.check()
 
 
+def test_task_manager_sees_the_kick_tasks_on_this_lm_eval():
+    code = ("import kick_tasks\n"
+            "tm = kick_tasks.task_manager(include_defaults=False)\n"
+            "print(' '.join(sorted(n for n in tm.all_tasks if n.startswith('kick'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = out.stdout.split()
+    assert {"kick_factoid_qa", "kick_icr_qa_closed", "kick_wikitext_ppl"} <= set(names), names
+
+
 @pytest.fixture()
 def lm_eval_048_metadata(tmp_path):
     """A site folder whose dist-info says lm-eval 0.4.8, first on PYTHONPATH (importlib.metadata finds it first).
