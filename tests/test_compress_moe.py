@@ -406,7 +406,8 @@ def test_lm_eval_kick_pruned_mixtral_sparsity_equals_export_zero_fraction(tmp_pa
     proc = subprocess.run(
         [str(BIN / "lm_eval"), "--model", "kick-pruned", "--model_args",
          f"pretrained={model_dir},method=wanda,sparsity=0.5,calib={calib},nsamples=4,seqlen=32,save_compressed={export}",
-         "--tasks", "kicktest_mc", "--include_path", str(tasks), "--limit", "2", "--output_path", str(out)],
+         "--tasks", "kicktest_mc", "--include_path", str(tasks), "--limit", "2", "--output_path", str(out),
+         "--device", "cpu"],  # lm-eval before 0.4.13 defaults HF models to cuda
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     info = json.loads(sorted(out.rglob("results_*.json"))[-1].read_text())["config"]["kick_compression"]
