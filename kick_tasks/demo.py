@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from kick_models.gguf import SMOLLM2_GGUF, GGUFError, smollm2_gguf
-from kick_tasks.data import DATA_DIR_ENV, DEMO_DATA_DIR
+from kick_models.data import DATA_DIR_ENV, DEMO_DATA_DIR
 
 #: Documents of each kind in the embedded excerpt (scripts/make_demo_data.py): FreebaseQA questions.
 DEMO_QUESTIONS = 100

@@ -1,7 +1,7 @@
 """FreebaseQA (Jiang et al., NAACL 2019) for ``kick_factoid_qa``: loader, prompt, scoring.
 
 Data: the official v1.0 JSON files ``FreebaseQA-{train,dev,eval}.json``,
-read from ``<data dir>/freebaseqa/`` (see :mod:`kick_tasks.data`) or downloaded
+read from ``<data dir>/freebaseqa/`` (see :mod:`kick_models.data`) or downloaded
 from the FreebaseQA GitHub repository. One doc per question::
 
     {"question_id", "question" (RawQuestion), "processed_question", "aliases": [str]}
@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 from kick_tasks.metrics import exact_match, factoid_contains, token_f1, unique_aliases
 
 SPLITS = ("train", "dev", "eval")

@@ -18,7 +18,7 @@ import functools
 import logging
 from typing import Any
 
-from kick_tasks.data import resolve
+from kick_models.data import resolve
 from kick_tasks.judge import paper, session
 from kick_tasks.judge.prompts import FASTCHAT_RAW, fetch_jsonl
 from kick_tasks.judge.settings import JudgeSettings

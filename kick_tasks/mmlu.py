@@ -16,7 +16,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 
 HF_DATASET = "cais/mmlu"
 LETTERS = ("A", "B", "C", "D")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import resolve
+from kick_models.data import resolve
 from kick_tasks.judge import session
 from kick_tasks.judge.prompts import FASTCHAT_RAW, fetch_jsonl
 from kick_tasks.judge.protocols import SingleGrade

@@ -1,7 +1,7 @@
 """Preflight: resolve every data set a run needs (task data and calibration) before any model loads.
 
 ``kick sweep`` (and so ``kick demo``) calls :func:`check_data` once, before the first config starts:
-each data set goes through the same resolver as the run itself (:mod:`kick_tasks.data`; local data
+each data set goes through the same resolver as the run itself (:mod:`kick_models.data`; local data
 folder, else the online source), and every failure is collected into ONE :class:`PreflightError`
 listing every place tried, instead of one model load + failure per config. On success it returns
 the provenance records (source, stand-in, records, sha256), which the sweep prints and keeps in

@@ -386,7 +386,7 @@ def run_display_name(run: Run) -> str:
 def data_provenance(run: Run) -> dict[str, dict[str, Any]]:
     """Per data set the run used, its provenance record (source, stand_in, excerpt, records, sha256).
 
-    Task data: ``configs.<task>.metadata.kick_data`` (kick_tasks.data); calibration:
+    Task data: ``configs.<task>.metadata.kick_data`` (kick_models.data); calibration:
     ``config.kick_compression.calibration_data`` (the kick model classes), under ``"calibration"``.
     Runs written before provenance was recorded give an empty dict.
     """

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataNotFoundError, DataSchemaError, resolve
+from kick_models.data import DataNotFoundError, DataSchemaError, resolve
 from kick_tasks.judge import paper, session
 from kick_tasks.judge.settings import JudgeSettings
 from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl

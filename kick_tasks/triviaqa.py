@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 from kick_tasks.metrics import containment_match, exact_match, normalize_triviaqa, token_f1, unique_aliases
 
 HF_DATASET = "mandarjoshi/trivia_qa"

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 
 log = logging.getLogger(__name__)
 

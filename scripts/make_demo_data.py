@@ -3,7 +3,7 @@
     python scripts/make_demo_data.py [--src ../shared/data] [--out kick_tasks/demo_data]
 
 Exactly what the demo's default run needs, in the layout of a data folder (so the one resolver in
-kick_tasks.data reads it like any other), each with its license and attribution beside it:
+kick_models.data reads it like any other), each with its license and attribution beside it:
 
 * freebaseqa/FreebaseQA-eval.json: the first 100 questions of the eval split (the demo scores
   ``--limit 100``; lm-eval takes the first N documents, so the questions are the same as with the full file);

@@ -19,7 +19,7 @@ from kick_models.compress.calibration import (
     windows_from_documents,
 )
 from kick_models.compress.config import CalibrationConfig
-from kick_tasks.data import DataNotFoundError
+from kick_models.data import DataNotFoundError
 
 WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches".split()
 

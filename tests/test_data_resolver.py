@@ -1,10 +1,10 @@
-"""kick_tasks.data: local data dir first, then online, else an error that lists what was tried."""
+"""kick_models.data: local data dir first, then online, else an error that lists what was tried."""
 
 from __future__ import annotations
 
 import pytest
 
-from kick_tasks import data
+from kick_models import data
 
 
 def test_local_dir_wins_over_online(tmp_path, monkeypatch):
@@ -59,7 +59,7 @@ def test_no_data_dir_configured_is_reported(monkeypatch):
 def test_provenance_lands_in_the_metadata_sink_with_the_stand_in_warning(tmp_path, caplog):
     (tmp_path / "x.txt").write_text("a\nb\n")
     sink: dict = {}
-    with caplog.at_level("WARNING", logger="kick_tasks.data"):
+    with caplog.at_level("WARNING", logger="kick_models.data"):
         got = data.resolve("thing", "x.txt", lambda p: p.read_text(), metadata={"data_dir": str(tmp_path),
                                                                               "kick_data": sink},
                            local_stand_in="not the paper's copy")

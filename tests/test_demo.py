@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kick_tasks import data, freebaseqa
+from kick_models import data
+from kick_tasks import freebaseqa
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = data.DEMO_DATA_DIR

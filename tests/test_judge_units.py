@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from kick_tasks.data import DataNotFoundError
+from kick_models.data import DataNotFoundError
 from kick_tasks.judge.cache import JudgeCache, cache_key
 from kick_tasks.judge.errors import JudgeConfigError
 from kick_tasks.judge.parsing import parse_four_criteria, parse_pair_verdict, parse_rating

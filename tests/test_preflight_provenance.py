@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kick_tasks import data, preflight
+from kick_models import data
+from kick_tasks import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_local_c4_calibration_records_the_stand_in(tiny_llama_dir, shared_data, 
     from kick_models.lm import KickPrunedLM
 
     monkeypatch.setenv(data.DATA_DIR_ENV, str(shared_data))
-    with caplog.at_level("WARNING", logger="kick_tasks.data"):
+    with caplog.at_level("WARNING", logger="kick_models.data"):
         lm = KickPrunedLM(pretrained=str(tiny_llama_dir), device="cpu", method="wanda", sparsity=0.5, calib="c4",
                           nsamples=2, seqlen=32, cache=False)
     record = lm.get_model_info()["kick_compression"]["calibration_data"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kick_tasks import freebaseqa, mmlu, triviaqa, wikitext_ppl
-from kick_tasks.data import DataNotFoundError, DataSchemaError
+from kick_models.data import DataNotFoundError, DataSchemaError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 META = {"data_dir": str(FIXTURES)}

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from kick_models.compress.config import CalibrationConfig
-from kick_tasks.data import DataNotFoundError, DataSchemaError, provenance, resolve_with_provenance
+from kick_models.data import DataNotFoundError, DataSchemaError, provenance, resolve_with_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ C4_STAND_IN = (f"C4 VALIDATION documents stand in for the paper's C4 TRAIN shard
 
 # --------------------------------------------------------------------------- loading sources
 # Each loader returns ("documents", list[str]) or ("stream", str), plus the provenance record
-# (kick_tasks.data.provenance: source, stand_in, records, sha256).
+# (kick_models.data.provenance: source, stand_in, records, sha256).
 
 
 def _read_parquet_texts(path: Path) -> list[str]:
@@ -165,7 +165,7 @@ def resolve_source(source: str) -> tuple[str, str | list[str], dict]:
     """Load a calibration source: ``(kind, data, provenance)``, kind ``"documents"`` or ``"stream"``.
 
     ``provenance``: where it came from (local path / online id), ``stand_in`` (why it is not the
-    paper's source, or None), ``records`` and ``sha256`` (see :mod:`kick_tasks.data`). Kept in memory
+    paper's source, or None), ``records`` and ``sha256`` (see :mod:`kick_models.data`). Kept in memory
     until :func:`load_calibration` uses it, so the kick-* models resolve it before the model loads.
     """
     key = _memo_key(source)

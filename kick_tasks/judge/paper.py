@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 
 from .parsing import (CRITERIA, parse_four_pairs_robust, parse_pair_robust, parse_paper_four_pairs,
                       parse_paper_pair)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kick_tasks.data import DataSchemaError, resolve
+from kick_models.data import DataSchemaError, resolve
 
 FASTCHAT_RAW = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data"
 

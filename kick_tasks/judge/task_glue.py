@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_tasks.data import DataSchemaError
+from kick_models.data import DataSchemaError
 
 
 def answer_stats(text: str) -> dict[str, float]:
