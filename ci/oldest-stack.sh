@@ -3,7 +3,8 @@
 # datasets 3.6.0, torch 2.13 CPU) in its own venv, then the smoke subset listed in ci/oldest-smoke.txt:
 # the literal `lm_eval --model kick-pruned` / `kick-gptq` on kick_factoid_qa, `kick sweep` of two
 # configs, the judge through a real `transformers serve`, the compression driver on transformers 4.x
-# blocks (bit-identical to the reference code), kick-bnb, and the packaging / version checks.
+# blocks (bit-identical to the reference code) and MoE / Conv1D models (every expert compressed), kick-bnb,
+# and the packaging / version checks.
 # Called by .ci/run after the newest stack; usable alone: `bash ci/oldest-stack.sh`.
 # KICK_OLDEST_VENV chooses the venv folder (default .venv-oldest); re-running only installs what is missing.
 set -euo pipefail

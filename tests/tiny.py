@@ -38,7 +38,11 @@ _FAMILY_KWARGS = {
     "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       shared_expert_intermediate_size=64, decoder_sparse_step=1),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16, decoder_sparse_step=1),
-    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+    # MLA has one key per query head: as in every real DeepSeek-V3 config, num_key_value_heads equals
+    # num_attention_heads (transformers 4.x's MLA attention repeats the keys heads/kv_heads times whenever
+    # an attention mask is passed, so a smaller value breaks the model's own use_cache=False forward there).
+    "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                        n_shared_experts=1,
                         first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32, kv_lora_rank=16,
                         qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
 }
