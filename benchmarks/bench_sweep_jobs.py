@@ -39,7 +39,7 @@ def tiny_model() -> Path:
 
 
 def sweep_cmd(model: Path, out: Path, jobs: int, limit: int) -> list[str]:
-    return [sys.executable, "-m", "kick_tasks.cli", "sweep", "--model", str(model), "--output", str(out),
+    return [sys.executable, "-m", "kick_analysis.cli", "sweep", "--model", str(model), "--output", str(out),
             "--methods", "wanda", "--sparsity", "0.3,0.5,0.7", "--calib", "c4", "--nsamples", "4", "--seqlen", "64",
             "--tasks", "kick_factoid_qa", "--limit", str(limit), "--device", "cpu", "--jobs", str(jobs)]
 
@@ -53,7 +53,7 @@ def one_sweep(model: Path, jobs: int, limit: int, rep: int) -> dict:
     res = run_child(sweep_cmd(model, out, jobs, limit), timeout=3600, env=env)
     manifest = json.loads((out / "sweep.json").read_text())
     assert all(c["status"] == "done" for c in manifest["configs"]), manifest
-    children = [mib for cmd, mib in res.descendants.values() if "kick_tasks.cli eval" in cmd]
+    children = [mib for cmd, mib in res.descendants.values() if "kick_analysis.cli eval" in cmd]
     starts = [c["start_time"] for c in manifest["configs"]]
     ends = [c["end_time"] for c in manifest["configs"]]
     return {"wall": res.wall, "sweep_peak_mib": res.peak_mib, "child_peak_mib": children,

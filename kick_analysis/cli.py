@@ -16,13 +16,13 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "eval": ("kick_tasks.cli:run_eval", "run lm_eval with the kick models and tasks loaded"),
-    "demo": ("kick_tasks.demo:main", "the README's main job: dense vs Wanda 50% on SmolLM2-135M, offline"),
+    "eval": ("kick_analysis.cli:run_eval", "run lm_eval with the kick models and tasks loaded"),
+    "demo": ("kick_analysis.demo:main", "the README's main job: dense vs Wanda 50% on SmolLM2-135M, offline"),
     "judge": ("kick_tasks.judge.cli:main", "judge --log_samples files with an LLM judge"),
     "mt-bench": ("kick_tasks.mt_bench:main", "MT-Bench turn 2: continue each conversation with the same model"),
-    "sweep": ("kick_tasks.sweep:main", "run a compression grid and evaluate every config"),
-    "report": ("kick_tasks.report:main", "summary.csv, leaderboard.md and plots from results folders"),
-    "compare": ("kick_tasks.compare:main", "dense-relative retention, flips and McNemar between two runs"),
+    "sweep": ("kick_analysis.sweep:main", "run a compression grid and evaluate every config"),
+    "report": ("kick_analysis.report:main", "summary.csv, leaderboard.md and plots from results folders"),
+    "compare": ("kick_analysis.compare:main", "dense-relative retention, flips and McNemar between two runs"),
     "convert-gguf": ("kick_models.gguf:main", "a GGUF file as a plain safetensors checkpoint folder"),
 }
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_tasks.results_io import (ResultsError, Run, data_differences, data_provenance, format_provenance, load_samples,
+from kick_analysis.results_io import (ResultsError, Run, data_differences, data_provenance, format_provenance, load_samples,
                                    load_single_run)
-from kick_tasks.stats import bootstrap_mean_ci, mcnemar_exact
+from kick_analysis.stats import bootstrap_mean_ci, mcnemar_exact
 
 #: Per-task primary metric of the kick tasks (fnmatch patterns; override with --metric).
 #: None = no per-item correctness (perplexity): compared on aggregate values only.

@@ -9,7 +9,7 @@ at most 16 new tokens) and 100 WikiText-2 windows of 512 tokens, through the rea
     kick demo --limit 200 --out runs/demo --pretrained /path/to/model   # any HF model folder / id
 
 Data comes from ``$KICK_DATA_DIR`` when it is set; otherwise from the excerpt shipped inside the
-package (``kick_tasks/demo_data``: the first 100 FreebaseQA eval questions, 200 C4 validation
+package (``kick_analysis/demo_data``: the first 100 FreebaseQA eval questions, 200 C4 validation
 documents, the first 300,000 characters of WikiText-2 test; see its MANIFEST.json and LICENSE files),
 so the demo runs offline anywhere. Only the demo uses that excerpt: the tasks themselves never fall back to it.
 """
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kick_tasks import report, sweep
+    from kick_analysis import report, sweep
 
     data_dir, embedded = default_data_dir()
     if embedded and args.limit > DEMO_QUESTIONS:

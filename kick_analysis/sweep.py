@@ -21,7 +21,7 @@ Ranges: ``start:stop:step`` (stop included when the grid hits it: ``0.1:0.5:0.2`
 ``--sparsity``, ``--nm`` and ``--wbits`` may be repeated with a ``method=`` prefix to set one
 method's grid (``--wbits 8,4,3 --wbits rtn=4``).
 
-Each config runs as ONE subprocess ``python -m kick_tasks.cli eval`` (= ``lm_eval`` with the kick
+Each config runs as ONE subprocess ``python -m kick_analysis.cli eval`` (= ``lm_eval`` with the kick
 plugin) over all tasks, with ``--log_samples``, writing lm-eval's standard output into
 ``DIR/<config slug>/`` and its console output into ``DIR/<config slug>/lm_eval.log``. A crash in
 one config does not stop the sweep; failures are listed at the end (exit code 1). All compressed
@@ -34,7 +34,7 @@ marker matches and redoes the rest (a killed config's partial folder is cleared 
 ``--limit`` or the tasks re-runs everything. ``DIR/sweep.json`` records the model, the configs
 and their status; a DIR holding results of a different model is refused unless ``--force``.
 
-Executors (kick_tasks/sweep_executors.py): ``local`` runs ``--jobs`` configs at once on this machine,
+Executors (kick_analysis/sweep_executors.py): ``local`` runs ``--jobs`` configs at once on this machine,
 ``ray`` runs each config as one Ray task; both run the same child, retry a config whose process is
 killed (``--retries``) and show each running config's stage on the progress line.
 """
@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_tasks.results_io import display_name
+from kick_analysis.results_io import display_name
 
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
@@ -304,7 +304,7 @@ def check_output_dir(out: Path, model_identity: dict[str, Any], force: bool) -> 
                 "Use another --output folder, or --force to run there anyway."
             )
         return
-    from kick_tasks.results_io import load_runs
+    from kick_analysis.results_io import load_runs
 
     import warnings
 
@@ -334,7 +334,7 @@ def cache_dir(ns: argparse.Namespace, out: Path) -> Path | None:
 
 def lm_eval_command(config: SweepConfig, ns: argparse.Namespace, out: Path, passthrough: list[str]) -> list[str]:
     extra = parse_kv(ns.model_args)
-    cmd = [sys.executable, "-m", "kick_tasks.cli", "eval",
+    cmd = [sys.executable, "-m", "kick_analysis.cli", "eval",
            "--model", config.model,
            "--model_args", config.model_args(ns.model, extra, cache_dir(ns, out)),
            "--tasks", ",".join(ns.task_list),
@@ -382,8 +382,8 @@ def _raise_interrupt(signum, frame) -> None:
 
 def preflight(configs: Sequence[SweepConfig], ns: argparse.Namespace, passthrough: list[str]) -> list[dict]:
     """Resolve every data set of the tasks and of the calibration once, before any config starts
-    (one error listing every missing data set and every place tried; see kick_tasks.preflight)."""
-    from kick_tasks.preflight import PreflightError, sweep_preflight
+    (one error listing every missing data set and every place tried; see kick_analysis.preflight)."""
+    from kick_analysis.preflight import PreflightError, sweep_preflight
 
     try:
         return sweep_preflight(configs, ns.task_list, passthrough)
@@ -394,7 +394,7 @@ def preflight(configs: Sequence[SweepConfig], ns: argparse.Namespace, passthroug
 def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     out = Path(ns.output).resolve()
     configs = build_configs(ns)
-    from kick_tasks.sweep_executors import make_executor
+    from kick_analysis.sweep_executors import make_executor
 
     executor = make_executor(ns)  # bad executor options fail here, before anything loads
     validate_model(ns.model)
@@ -442,7 +442,7 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     print(f"kick sweep: {len(plan)} configs x {len(ns.task_list)} task(s) -> {out}"
           + (f" ({done_before} already done, skipped)" if done_before else "")
           + f" [{executor.describe()}]", file=sys.stderr)
-    from kick_tasks.sweep_executors import ConfigJob, Progress, write_token
+    from kick_analysis.sweep_executors import ConfigJob, Progress, write_token
 
     failures: list[str] = []
     cache = cache_dir(ns, out)
@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the model id, or a local folder's last part)")
     p.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and exit")
     p.add_argument("--verbose", "-v", action="store_true", help="also echo lm_eval's output")
-    from kick_tasks.sweep_executors import add_arguments
+    from kick_analysis.sweep_executors import add_arguments
 
     add_arguments(p)
     return p

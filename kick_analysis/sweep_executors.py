@@ -1,7 +1,7 @@
 """Where the configs of ``kick sweep`` run: this machine (N at once) or a Ray cluster.
 
 Both executors run every config the same way, :func:`run_config_job`: ONE isolated
-``python -m kick_tasks.cli eval`` child process (= ``lm_eval`` with the kick plugin) writing
+``python -m kick_analysis.cli eval`` child process (= ``lm_eval`` with the kick plugin) writing
 lm-eval's standard output into ``<output>/<slug>/`` and its console into ``<slug>/lm_eval.log``, then
 the ``.kick_done.json`` marker. The files are therefore the same whichever executor ran them.
 
@@ -40,7 +40,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from kick_tasks.sweep import DONE_MARKER, SweepError, _fmt_s, _results_file, write_json_atomic
+from kick_analysis.sweep import DONE_MARKER, SweepError, _fmt_s, _results_file, write_json_atomic
 
 STATE_DIR = ".kick_sweep"  # under the output folder: token + attempt records
 TOKEN_FILE = "token"

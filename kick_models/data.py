@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 DATA_DIR_ENV = "KICK_DATA_DIR"
 #: The excerpt ``kick demo`` ships (installed with the package); used only when kick demo points at it.
-DEMO_DATA_DIR = Path(__file__).resolve().parents[1] / "kick_tasks" / "demo_data"
+DEMO_DATA_DIR = Path(__file__).resolve().parents[1] / "kick_analysis" / "demo_data"
 DEMO_MANIFEST = "MANIFEST.json"
 #: Task metadata key holding the per-data-set provenance records (see the module docstring).
 PROVENANCE_KEY = "kick_data"

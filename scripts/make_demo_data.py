@@ -1,6 +1,6 @@
-"""Cut the data ``kick demo`` ships (kick_tasks/demo_data/) from a full data folder (default ../shared/data).
+"""Cut the data ``kick demo`` ships (kick_analysis/demo_data/) from a full data folder (default ../shared/data).
 
-    python scripts/make_demo_data.py [--src ../shared/data] [--out kick_tasks/demo_data]
+    python scripts/make_demo_data.py [--src ../shared/data] [--out kick_analysis/demo_data]
 
 Exactly what the demo's default run needs, in the layout of a data folder (so the one resolver in
 kick_models.data reads it like any other), each with its license and attribution beside it:
@@ -107,7 +107,7 @@ def write_license(folder: Path, key: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", default=str(ROOT.parent / "shared" / "data"), help="full data folder (shared/data layout)")
-    p.add_argument("--out", default=str(ROOT / "kick_tasks" / "demo_data"))
+    p.add_argument("--out", default=str(ROOT / "kick_analysis" / "demo_data"))
     args = p.parse_args(argv)
     src, out = Path(args.src), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Unit tests of kick compare / kick_tasks.stats on hand-built lm-eval output folders."""
+"""Unit tests of kick compare / kick_analysis.stats on hand-built lm-eval output folders."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kick_tasks import compare as cmp
-from kick_tasks.results_io import load_runs, load_single_run
-from kick_tasks.stats import bootstrap_mean_ci, mcnemar_exact
+from kick_analysis import compare as cmp
+from kick_analysis.results_io import load_runs, load_single_run
+from kick_analysis.stats import bootstrap_mean_ci, mcnemar_exact
 
 DATE = "2026-01-01T00-00-00.000000"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kick_tasks import compare as cmp
-from kick_tasks import report as rep
-from kick_tasks.results_io import load_samples, load_single_run
+from kick_analysis import compare as cmp
+from kick_analysis import report as rep
+from kick_analysis.results_io import load_samples, load_single_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def _env() -> dict:
 
 
 def _lm_eval(model: str, model_args: str, tasks: str, include: Path, out: Path, limit: int = 12) -> None:
-    cmd = [sys.executable, "-m", "kick_tasks.cli", "eval", "--model", model, "--model_args", model_args,
+    cmd = [sys.executable, "-m", "kick_analysis.cli", "eval", "--model", model, "--model_args", model_args,
            "--tasks", tasks, "--include_path", str(include), "--output_path", str(out), "--log_samples",
            "--limit", str(limit), "--device", "cpu"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -119,7 +119,7 @@ def test_compare_and_report_dense_vs_pruned(tiny_llama_dir, tiny_tasks, tmp_path
 
 
 def _sweep_cmd(model: Path, out: Path, tasks: Path) -> list[str]:
-    return [sys.executable, "-m", "kick_tasks.cli", "sweep", "--model", str(model), "--output", str(out),
+    return [sys.executable, "-m", "kick_analysis.cli", "sweep", "--model", str(model), "--output", str(out),
             "--methods", "magnitude,wanda", "--sparsity", "0.3,0.6", "--calib", str(tasks / "calib.txt"),
             "--nsamples", "2", "--seqlen", "32", "--tasks", "tiny_mc", "--include_path", str(tasks),
             "--limit", "4", "--device", "cpu"]
@@ -179,7 +179,7 @@ def test_sweep_kill_resume_and_report(tiny_llama_dir, tiny_tasks, tmp_path):
 
 
 def test_sweep_bad_input_before_running(tiny_llama_dir, tiny_tasks, tmp_path, capsys):
-    from kick_tasks import sweep
+    from kick_analysis import sweep
 
     base = ["--model", str(tiny_llama_dir), "--output", str(tmp_path / "s"), "--include_path", str(tiny_tasks),
             "--tasks", "tiny_mc"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kick_tasks import report as rep
-from kick_tasks.results_io import compression_info, load_runs
+from kick_analysis import report as rep
+from kick_analysis.results_io import compression_info, load_runs
 from test_analysis_compare import gen_sample, mc_sample, write_run
 
 N = 40
@@ -152,7 +152,7 @@ def test_headline_tasks_unfold_groups_without_scores(tmp_path):
 
 
 def test_short_labels_name_the_grid_value():
-    from kick_tasks.report import Entry, short_label
+    from kick_analysis.report import Entry, short_label
 
     def label(**info):
         return short_label(Entry(run=None, label="x", info=info, base=("m", "", "")))

@@ -1,5 +1,5 @@
 """`kick demo` (the README's main job) end to end, on a tiny random model instead of SmolLM2 (slow),
-and the data it ships (kick_tasks/demo_data)."""
+and the data it ships (kick_analysis/demo_data)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _demo(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -
     env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env_extra or {}))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "kick_tasks.cli", "demo", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "kick_analysis.cli", "demo", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -55,8 +55,8 @@ def test_the_wheel_ships_the_demo_data(tmp_path):
     names = set(zipfile.ZipFile(next(tmp_path.glob("kick_eval-*.whl"))).namelist())
     manifest = json.loads((DEMO / "MANIFEST.json").read_text())
     for relative, entry in manifest["files"].items():
-        assert f"kick_tasks/demo_data/{relative}" in names and f"kick_tasks/demo_data/{entry['license_file']}" in names
-    assert "kick_tasks/demo_data/MANIFEST.json" in names
+        assert f"kick_analysis/demo_data/{relative}" in names and f"kick_analysis/demo_data/{entry['license_file']}" in names
+    assert "kick_analysis/demo_data/MANIFEST.json" in names
 
 
 def test_demo_data_is_an_unchanged_excerpt_of_the_full_data(shared_data):
@@ -124,7 +124,7 @@ def test_demo_runs_anywhere_on_the_embedded_data(tiny_llama_dir, tmp_path):
     results["configs"]["kick_factoid_qa"]["metadata"]["kick_data"]["FreebaseQA eval"]["sha256"] = "0" * 64
     path.write_text(json.dumps(results))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmp_ = subprocess.run([sys.executable, "-m", "kick_tasks.cli", "compare", str(out / "sweep" / "dense"), str(other)],
+    cmp_ = subprocess.run([sys.executable, "-m", "kick_analysis.cli", "compare", str(out / "sweep" / "dense"), str(other)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert cmp_.returncode == 0, cmp_.stderr
     assert "different FreebaseQA eval data" in cmp_.stderr and "WARNING: the runs used different" in cmp_.stdout

@@ -33,7 +33,7 @@ def test_bad_inputs_fail_before_loading(tmp_path):
 
 
 def test_cli_needs_exactly_one_source(tmp_path):
-    cmd = [sys.executable, "-m", "kick_tasks.cli", "convert-gguf"]
+    cmd = [sys.executable, "-m", "kick_analysis.cli", "convert-gguf"]
     both = subprocess.run([*cmd, "x.gguf", str(tmp_path / "o"), "--smollm2"], capture_output=True, text=True)
     assert both.returncode == 2 and "either a .gguf file or --smollm2" in both.stderr
     missing = subprocess.run([*cmd, str(tmp_path / "x.gguf"), str(tmp_path / "o")], capture_output=True, text=True)
@@ -46,7 +46,7 @@ def test_smollm2_converts_to_an_identical_plain_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _smollm2_or_skip()
-    out = subprocess.run([sys.executable, "-m", "kick_tasks.cli", "convert-gguf", "--smollm2", str(tmp_path / "smol")],
+    out = subprocess.run([sys.executable, "-m", "kick_analysis.cli", "convert-gguf", "--smollm2", str(tmp_path / "smol")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "smol"

@@ -59,10 +59,10 @@ def test_task_manager_sees_kick_tasks_without_include_path():
 
 
 def test_kick_cli_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "kick_tasks.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "kick_analysis.cli", "--help"], capture_output=True, text=True, check=True)
     for name in ("eval", "judge", "sweep", "report", "compare", "demo"):
         assert f"  {name}" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "kick_tasks.cli", "nope"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "kick_analysis.cli", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kick_models import data
-from kick_tasks import preflight
+from kick_analysis import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_sweep_with_missing_data_stops_before_any_config(tiny_llama_dir, empty_d
     out = tmp_path / "sweep"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "kick_tasks.cli", "sweep", "--model", str(tiny_llama_dir), "--output", str(out),
+        [sys.executable, "-m", "kick_analysis.cli", "sweep", "--model", str(tiny_llama_dir), "--output", str(out),
          "--methods", "wanda,magnitude", "--sparsity", "0.5", "--tasks", "kick_factoid_qa,kick_wikitext_ppl",
          "--limit", "2", "--nsamples", "2", "--seqlen", "16"],
         env=env, capture_output=True, text=True, timeout=300)
@@ -144,7 +144,7 @@ def test_results_json_records_an_explicit_calibration_file(tiny_llama_dir, share
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT), KICK_DATA_DIR=str(shared_data))
     proc = subprocess.run(
-        [sys.executable, "-m", "kick_tasks.cli", "eval", "--model", "kick-pruned", "--model_args",
+        [sys.executable, "-m", "kick_analysis.cli", "eval", "--model", "kick-pruned", "--model_args",
          f"pretrained={tiny_llama_dir},method=wanda,sparsity=0.5,calib={calib},nsamples=2,seqlen=32,cache=false",
          "--tasks", "kick_factoid_qa", "--limit", "2", "--gen_kwargs", "max_gen_toks=2", "--output_path", str(out)],
         env=env, capture_output=True, text=True, timeout=600)

@@ -21,7 +21,7 @@ SLUGS = ["dense", "wanda-s50"]
 
 def sweep_cmd(model: Path, out: Path, tasks: Path, *extra: str) -> list[str]:
     """A 2-config sweep (dense + Wanda 50%) on the tiny multiple-choice task."""
-    return [sys.executable, "-m", "kick_tasks.cli", "sweep", "--model", str(model), "--output", str(out),
+    return [sys.executable, "-m", "kick_analysis.cli", "sweep", "--model", str(model), "--output", str(out),
             "--methods", "wanda", "--sparsity", "0.5", "--calib", str(tasks / "calib.txt"),
             "--nsamples", "2", "--seqlen", "32", "--tasks", "tiny_mc", "--include_path", str(tasks),
             "--limit", "6", "--device", "cpu", *extra]
@@ -86,7 +86,7 @@ def test_jobs_2_runs_configs_at_once_with_identical_results(tiny_llama_dir, tiny
 
 
 def test_bad_executor_options_fail_before_anything_runs(tiny_llama_dir, tiny_tasks, tmp_path, capsys):
-    from kick_tasks import sweep
+    from kick_analysis import sweep
 
     base = ["--model", str(tiny_llama_dir), "--output", str(tmp_path / "s"), "--include_path", str(tiny_tasks),
             "--tasks", "tiny_mc", "--sparsity", "0.5"]
@@ -106,7 +106,7 @@ def test_bad_executor_options_fail_before_anything_runs(tiny_llama_dir, tiny_tas
 
 
 def test_a_worker_that_cannot_see_the_output_folder_fails_the_config_clearly(tmp_path):
-    from kick_tasks.sweep_executors import ConfigJob, run_config_job, write_token
+    from kick_analysis.sweep_executors import ConfigJob, run_config_job, write_token
 
     out = tmp_path / "out"
     token = write_token(out, None)
@@ -129,7 +129,7 @@ def test_a_worker_that_cannot_see_the_output_folder_fails_the_config_clearly(tmp
 
 def _killing_jobs(tmp_path: Path):
     """Two fake configs: one whose child always dies by SIGKILL, one killed once then exiting with code 3."""
-    from kick_tasks.sweep_executors import ConfigJob, Progress, write_token
+    from kick_analysis.sweep_executors import ConfigJob, Progress, write_token
 
     out = tmp_path / "out"
     token = write_token(out, None)
@@ -152,7 +152,7 @@ def _check_killed(outcomes: dict, out: Path) -> None:
 
 def test_a_killed_child_is_retried_then_failed_with_its_log(tmp_path):
     """The OOM-killer case: the lm_eval child dies by a signal -> another attempt, then 'failed' with the log."""
-    from kick_tasks.sweep_executors import LocalExecutor
+    from kick_analysis.sweep_executors import LocalExecutor
 
     out, jobs, progress = _killing_jobs(tmp_path)
     outcomes = {}
@@ -163,7 +163,7 @@ def test_a_killed_child_is_retried_then_failed_with_its_log(tmp_path):
 def test_executor_ray_without_ray_says_how_to_install(tiny_llama_dir, tiny_tasks, tmp_path):  # noqa: F811
     """Ray made unimportable in a real ``kick sweep`` process: the error names the extra, nothing runs."""
     code = ("import sys; sys.modules['ray'] = None\n"  # `import ray` now raises ImportError
-            "from kick_tasks.sweep import main\n"
+            "from kick_analysis.sweep import main\n"
             "sys.exit(main(sys.argv[1:]))")
     argv = sweep_cmd(tiny_llama_dir, tmp_path / "s", tiny_tasks, "--executor", "ray")[4:]
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=_env(), capture_output=True, text=True,
@@ -199,7 +199,7 @@ def _pid_alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_ray_sweep_equals_local_survives_a_killed_worker_and_resumes(
         tiny_llama_dir, tiny_tasks, one_at_a_time, ray_cluster, tmp_path):  # noqa: F811
-    from kick_tasks.sweep_executors import read_attempts
+    from kick_analysis.sweep_executors import read_attempts
 
     out = tmp_path / "sweep"
     cmd = sweep_cmd(tiny_llama_dir, out, tiny_tasks, "--executor", "ray", "--address", ray_cluster, "--retries", "2")
@@ -243,7 +243,7 @@ def test_ray_sweep_equals_local_survives_a_killed_worker_and_resumes(
 
 @pytest.mark.slow
 def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, tiny_tasks, ray_cluster, tmp_path):  # noqa: F811
-    from kick_tasks.sweep_executors import read_attempts
+    from kick_analysis.sweep_executors import read_attempts
 
     out = tmp_path / "sweep"
     cmd = sweep_cmd(tiny_llama_dir, out, tiny_tasks, "--executor", "ray", "--address", ray_cluster)
@@ -274,7 +274,7 @@ def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, tiny_tasks, ray_cluster, t
 
 def test_ray_retries_a_killed_child_then_fails_it_with_its_log(ray_cluster, tmp_path):
     """On Ray too, a child killed by a signal (the OOM-killer case) is another attempt; an exit code is final."""
-    from kick_tasks.sweep_executors import RayExecutor
+    from kick_analysis.sweep_executors import RayExecutor
 
     out, jobs, progress = _killing_jobs(tmp_path)
     outcomes = {}

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_tasks.compare import METRIC_PREFERENCE, SIGNIFICANCE_LEVEL, compare_runs, table_metric
-from kick_tasks.results_io import (Run, compression_info, config_label, data_differences, data_provenance,
+from kick_analysis.compare import METRIC_PREFERENCE, SIGNIFICANCE_LEVEL, compare_runs, table_metric
+from kick_analysis.results_io import (Run, compression_info, config_label, data_differences, data_provenance,
                                    display_name, format_provenance, load_runs, run_display_name)
 
 DAGGER = "\u2020"
