@@ -7,6 +7,10 @@ Public API (imported lazily so that ``import kick_models`` stays cheap):
 * ``kick_models.api.compress(model, tokenizer, config)`` - the typed-config entry both use
   (``kick_models.compress`` is the subpackage with the algorithms).
 * lm-eval model classes in :mod:`kick_models.lm` (``kick-pruned``, ``kick-gptq``).
+* :mod:`kick_models.data` - the ONE data resolver (local data dir, online source, provenance) that
+  calibration, the tasks and the judge share.
+
+The bottom layer: imports nothing from ``kick_tasks`` or ``kick_analysis`` (tests/test_layering.py).
 """
 
 from __future__ import annotations

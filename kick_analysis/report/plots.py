@@ -49,6 +49,13 @@ def short_label(e: Entry) -> str:
     return e.label
 
 
+def _finish(ax, title: str, legend_size: int = 8, **title_kw) -> None:
+    """Title, legend and grid: the last touch every figure gets."""
+    ax.set_title(title, **title_kw)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -113,9 +120,7 @@ def score_vs_sparsity(plt, d: PlotData, task: str, metric: str, filt: str):
     ax.set_ylabel(f"{metric}" + (" (lower is better)" if is_perplexity(metric) else ""))
     if is_perplexity(metric):
         _log_axis(ax, "y")
-    ax.set_title(f"{task}: {metric} vs sparsity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"{task}: {metric} vs sparsity")
     return fig
 
 
@@ -148,9 +153,7 @@ def perplexity_vs_score(plt, d: PlotData, ppl: Spec, score: Spec, dense_pt: tupl
     _log_axis(ax, "x")
     ax.set_xlabel(f"{ptask} {pmetric} (log)")
     ax.set_ylabel(f"{task} {metric}")
-    ax.set_title("perplexity vs knowledge-task score")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, "perplexity vs knowledge-task score")
     return fig
 
 
@@ -171,9 +174,7 @@ def mismatch(plt, d: PlotData, ppl: Spec, score: Spec, dense_pt: tuple[float, fl
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("% of the dense model")
     ax.set_ylim(0, 110)
-    ax.set_title(f"what perplexity shows (dashed) vs what {task} shows (solid)", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"what perplexity shows (dashed) vs what {task} shows (solid)", legend_size=7, fontsize=10)
     return fig
 
 
@@ -195,9 +196,7 @@ def quant_vs_prune(plt, d: PlotData, task: str, metric: str, filt: str):
     ax.set_ylabel(metric + (" (log)" if is_perplexity(metric) else ""))
     if is_perplexity(metric):
         _log_axis(ax, "y")
-    ax.set_title(f"{task}: quantization vs pruning at equal size")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"{task}: quantization vs pruning at equal size")
     return fig
 
 
@@ -221,9 +220,7 @@ def retention_vs_sparsity(plt, d: PlotData, task: str, have: Sequence[Entry]):
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("retention (% of dense-correct items kept)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{task}: retention vs sparsity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"{task}: retention vs sparsity")
     return fig
 
 
