@@ -52,3 +52,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def calib_txt(tmp_path):
+    """A small calibration text file (the `calib=<path>.txt` source)."""
+    path = tmp_path / "calib.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
+    return str(path)

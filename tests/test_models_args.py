@@ -13,13 +13,6 @@ from kick_models.lm import KickBitsAndBytesLM, KickPrunedLM, KickQuantizedLM, Ki
 MISSING = "/nonexistent/kick-model-that-does-not-exist"
 
 
-@pytest.fixture()
-def calib_txt(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
-    return str(path)
-
-
 BAD_PRUNE = [
     (dict(method="wandaa", sparsity=0.5), "method"),
     (dict(sparsity=0.5), "method"),

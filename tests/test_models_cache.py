@@ -24,13 +24,6 @@ from kick_models.lm import KickPrunedLM, KickQuantizedLM
 
 
 @pytest.fixture()
-def calib_txt(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
-    return str(path)
-
-
-@pytest.fixture()
 def compress_calls(monkeypatch):
     """Counts entries into the compression core (the real function still runs)."""
     calls = []

@@ -46,13 +46,6 @@ def env(tmp_path):
 
 
 @pytest.fixture()
-def calib_txt(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
-    return str(path)
-
-
-@pytest.fixture()
 def task_args(tmp_path):
     """The kick factoid task when its data is here (no --include_path), else a tiny local task."""
     # --device cpu: lm-eval before 0.4.13 defaults HF models to cuda even without a GPU (the oldest CI stack).

@@ -23,13 +23,6 @@ def _requests():
     return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
 
 
-@pytest.fixture()
-def calib_txt(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
-    return str(path)
-
-
 def test_export_reloads_with_identical_loglikelihoods(tiny_llama_dir, calib_txt, tmp_path):
     out = tmp_path / "export"
     lm = KickPrunedLM(pretrained=str(tiny_llama_dir), device="cpu", method="sparsegpt", sparsity=0.5, calib=calib_txt,

@@ -163,13 +163,6 @@ def run_env(tmp_path, shared_data):
     return env
 
 
-@pytest.fixture()
-def calib_txt(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
-    return str(path)
-
-
 def _run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
