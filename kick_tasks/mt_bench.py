@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from kick_models.data import resolve
 from kick_tasks.judge import session
 from kick_tasks.judge.prompts import FASTCHAT_RAW, fetch_jsonl
 from kick_tasks.judge.protocols import SingleGrade
-from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
+from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl, write_jsonl_atomic
 
 ONLINE = f"{FASTCHAT_RAW}/mt_bench"
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # FastChat grades these against GPT-4 references
@@ -139,14 +137,6 @@ def read_turn1_samples(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _atomic_write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def generate_turn2(samples: Path, lm, apply_chat_template: bool = False, system_instruction: str | None = None,
                    max_gen_toks: int = GEN_KWARGS["max_gen_toks"], output_dir: Path | None = None,
                    limit: int | None = None) -> Path:
@@ -174,7 +164,7 @@ def generate_turn2(samples: Path, lm, apply_chat_template: bool = False, system_
     stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S.%f")
     target = (output_dir or samples.parent) / f"samples_{TURN2_TASK}_{stamp}.jsonl"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_lines(target, out_rows)
+    write_jsonl_atomic(target, out_rows)
     return target
 
 

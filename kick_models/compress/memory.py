@@ -74,10 +74,6 @@ def default_batch_size(model: nn.Module, nsamples: int, seqlen: int, device: tor
     return max(1, min(nsamples, size))
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
 def _split(value: Any, batch: int, half: int, part: int) -> Any:
     if isinstance(value, torch.Tensor):
         if value.dim() >= 2 and value.shape[0] == batch:

@@ -14,7 +14,6 @@ Every reply goes through the judge's SQLite cache, the file is written atomicall
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from .errors import JudgeError
 from .protocols import JudgeCall
 from .settings import settings_from
+from .task_glue import write_jsonl_atomic
 
 SYSTEM = "You are a helpful assistant."
 PROTOCOL = "llm-kick-gpt35-summary-v1"
@@ -87,12 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = args.out or default_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for doc, text in zip(docs, replies):
-            handle.write(json.dumps({"question_id": doc["question_id"], "text": text, "model": settings.model,
-                                     "highlights": args.highlights}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    write_jsonl_atomic(out, [{"question_id": doc["question_id"], "text": text, "model": settings.model,
+                              "highlights": args.highlights} for doc, text in zip(docs, replies)])
     print(f"{len(docs)} summaries by {settings.model} -> {out} (requests {judge.stats['backend_requests']}, "
           f"cache hits {judge.stats['cache_hits']})")
     return 0

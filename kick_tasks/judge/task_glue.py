@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +22,15 @@ def first_response(results: Sequence[Any]) -> str:
     while isinstance(value, (list, tuple)):
         value = value[0] if value else ""
     return value if isinstance(value, str) else str(value)
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines to a temporary sibling, then move it into place (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
