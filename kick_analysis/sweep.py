@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import json
 import math
-import os
 import shlex
 import signal
 import sys
@@ -55,6 +53,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kick_analysis.results_io import display_name
+from kick_analysis.sweep_files import (  # noqa: F401  (re-exported: kick_analysis.sweep.SweepError etc.)
+    DONE_MARKER, SweepError, format_seconds, read_json, results_file, write_json_atomic)
 
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
@@ -62,15 +62,10 @@ METHODS = PRUNE_METHODS + QUANT_METHODS
 MODEL_CLASS = {"magnitude": "kick-pruned", "wanda": "kick-pruned", "sparsegpt": "kick-pruned",
                "gptq": "kick-gptq", "rtn": "kick-rtn"}
 NEEDS_CALIBRATION = {"magnitude": False, "wanda": True, "sparsegpt": True, "gptq": True, "rtn": False}
-DONE_MARKER = ".kick_done.json"
 MANIFEST = "sweep.json"
 CACHE_DIR = ".kick_cache"
 #: lm_eval flags the sweep sets itself (must not come after --).
 RESERVED_FLAGS = ("--model", "--model_args", "--tasks", "--output_path", "-o")
-
-
-class SweepError(ValueError):
-    """Bad sweep input (message says what and how to fix it)."""
 
 
 # --------------------------------------------------------------------------- value grids
@@ -276,19 +271,6 @@ def validate_tasks(tasks: Sequence[str], include_path: str | None) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def check_output_dir(out: Path, model_identity: dict[str, Any], force: bool) -> None:
     """Refuse a folder that holds a sweep (or lm-eval results) of a different model unless --force."""
     if not out.exists():
@@ -315,11 +297,6 @@ def check_output_dir(out: Path, model_identity: dict[str, Any], force: bool) -> 
     if others and not force:
         raise SweepError(f"--output {out} holds lm-eval results of other model(s) {others}. "
                          "Use another --output folder, or --force.")
-
-
-def _results_file(folder: Path) -> Path | None:
-    files = sorted(folder.rglob("results_*.json"))
-    return files[-1] if files else None
 
 
 # --------------------------------------------------------------------------- running
@@ -367,12 +344,6 @@ def _tail(path: Path, n: int = 15) -> str:
         return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-n:])
     except OSError:
         return ""
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -40,7 +40,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from kick_analysis.sweep import DONE_MARKER, SweepError, _fmt_s, _results_file, write_json_atomic
+from kick_analysis.sweep_files import DONE_MARKER, SweepError, format_seconds, results_file, write_json_atomic
 
 STATE_DIR = ".kick_sweep"  # under the output folder: token + attempt records
 TOKEN_FILE = "token"
@@ -235,7 +235,7 @@ def run_config_job(job: ConfigJob, on_start: Callable[[subprocess.Popen], None] 
             sys.stderr.write(f"[{job.slug}] {line}")
     rc = run_child(job.cmd, folder, env, echo=echo, on_start=on_start)
     end = time.time()
-    results = _results_file(folder)
+    results = results_file(folder)
     out = Outcome(job.slug, "failed", seconds=end - start, start_time=start, end_time=end, returncode=rc,
                   host=host, attempt=attempt)
     if rc == 0 and results is not None:
@@ -318,11 +318,11 @@ class Progress:
             self.done += 1
             where = f" on {outcome.host}" if outcome.host and outcome.host != socket.gethostname() else ""
             again = f" (attempt {outcome.attempt})" if outcome.attempt > 1 else ""
-            self.write(f"  {outcome.slug}: done in {_fmt_s(outcome.seconds)}{where}{again}")
+            self.write(f"  {outcome.slug}: done in {format_seconds(outcome.seconds)}{where}{again}")
         else:
             self.failed += 1
             log = self.output / outcome.slug / "lm_eval.log"
-            self.write(f"  {outcome.slug}: FAILED ({outcome.error}) after {_fmt_s(outcome.seconds)}; log {log}")
+            self.write(f"  {outcome.slug}: FAILED ({outcome.error}) after {format_seconds(outcome.seconds)}; log {log}")
         self.bar.update(1)
 
     def refresh(self, pending: Iterable[str], force: bool = False) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from kick_models.data import DataNotFoundError, DataSchemaError, resolve
 from kick_tasks.judge import paper, session
 from kick_tasks.judge.settings import JudgeSettings
+from kick_tasks.judge.summary_file import default_path
 from kick_tasks.judge.task_glue import answer_stats, first_response, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,6 @@ def attach_comparator(docs: list[dict[str, Any]], metadata: dict[str, Any] | Non
 
     Order: the user's file (``summary_reference_file`` / ``$KICK_SUMMARY_REFERENCE_FILE``), the summaries
     ``kick judge summaries`` generated (its cache file), the highlights."""
-    from kick_tasks.judge.reference_summaries import default_path
-
     user_file = (metadata or {}).get("summary_reference_file") or os.environ.get(REFERENCE_ENV)
     rows, source = None, "highlights"
     if user_file:

@@ -88,6 +88,74 @@ def test_the_layering_check_sees_an_upward_import(tmp_path):
         "pkg/mod.py imports kick_analysis.report", "pkg/mod.py imports kick_analysis.report.collect"]
 
 
+def package_modules(root: Path = ROOT, packages: tuple[str, ...] = ("kick_models", "kick_tasks", "kick_analysis")
+                    ) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the packages (``pkg/__init__.py`` is ``pkg``)."""
+    found = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_cycles(modules: dict[str, Path], root: Path = ROOT) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (strongly connected components
+    of the import graph; an import of a module's own parent package is not an edge)."""
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {name: sorted({owner(m) for m in imported_modules(path, root)} - {"", name}
+                          - {p for p in modules if name.startswith(p + ".")}) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_no_module_imports_itself_back_through_another():
+    """No import circles (e.g. sweep <-> sweep_executors): what both need lives in a module below both."""
+    assert import_cycles(package_modules()) == []
+
+
+def test_the_cycle_check_sees_a_circle_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "kick_tasks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from kick_tasks.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from kick_tasks import c\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    (pkg / "d.py").write_text("import kick_tasks\n")  # its own package: not a circle
+    modules = package_modules(tmp_path, ("kick_tasks",))
+    assert import_cycles(modules, tmp_path) == [["kick_tasks.a", "kick_tasks.b", "kick_tasks.c"]]
+
+
 @pytest.mark.parametrize("old,new", sorted(MOVED.items()))
 def test_old_import_paths_warn_and_reach_the_new_module(old, new):
     sys.modules.pop(old, None)

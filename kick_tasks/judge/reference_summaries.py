@@ -14,23 +14,18 @@ Every reply goes through the judge's SQLite cache, the file is written atomicall
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from .errors import JudgeError
 from .protocols import JudgeCall
 from .settings import settings_from
+from .summary_file import default_path
 from .task_glue import write_jsonl_atomic
 
 SYSTEM = "You are a helpful assistant."
 PROTOCOL = "llm-kick-gpt35-summary-v1"
 OPENAI_DEFAULT_TEMPERATURE = 1.0  # the paper's call set none: the API default
-
-
-def default_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kick" / "reference_summaries.jsonl"
 
 
 def summary_call(question: str, max_tokens: int = 1024) -> JudgeCall:
