@@ -30,12 +30,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
-import logging
-import shutil
-import tempfile
 import time
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,13 +41,11 @@ from kick_models.compress.config import (
     PruneConfig,
     QuantConfig,
     as_bool,
-    as_int,
     check_pretrained,
     parse_prune_args,
     parse_quant_args,
 )
-
-logger = logging.getLogger("lm_eval.kick")  # under "lm_eval" so lm-eval's log handler shows it
+from kick_models.loadtime import LoadTimeOptions, is_noop
 
 #: Arguments this module adds to every compressing class.
 COMPUTE_ARGS = ("compress_device", "compress_batch_size", "cache_dir", "cache", "save_compressed")
@@ -81,24 +74,6 @@ def _check_typos(rest: dict, known: tuple[str, ...]) -> None:
             )
 
 
-def _parse_device(value: Any) -> torch.device | None:
-    from kick_models.compress.placement import check_compute_device
-
-    if value is None or value == "":
-        return None
-    device = check_compute_device(value)  # cpu, cuda[:i] or mps: devices that hold data
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CompressionConfigError(f"Invalid compress_device={value!r}: CUDA is not available on this machine.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CompressionConfigError(
-                f"Invalid compress_device={value!r}: only {torch.cuda.device_count()} CUDA device(s) are visible."
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CompressionConfigError(f"Invalid compress_device={value!r}: MPS is not available on this machine.")
-    return device
-
-
 class _KickCompressedLM(HFLM):
     """HFLM that compresses ``self._model`` right after it is loaded (before any request)."""
 
@@ -122,35 +97,13 @@ class _KickCompressedLM(HFLM):
         save_compressed: str | None = None,
         **kwargs: Any,
     ) -> None:
-        from kick_models.export import ExportError, check_export_target
-
         if pretrained is None:
             raise CompressionConfigError(f"--model {self.MODEL_NAME} needs pretrained=<hub id, local folder or model>.")
         self._kick_config, rest = self.parse_compression_args(kwargs)
         _check_typos(rest, PRUNE_ARGS if isinstance(self._kick_config, PruneConfig) else QUANT_ARGS)
-        self._kick_compress_device = _parse_device(compress_device)
-        self._kick_compress_batch_size = (
-            None if compress_batch_size in (None, "", "auto") else as_int("compress_batch_size", compress_batch_size)
-        )
-        if self._kick_compress_batch_size is not None and self._kick_compress_batch_size <= 0:
-            raise CompressionConfigError(
-                f"Invalid compress_batch_size={compress_batch_size!r}: expected a positive integer (or omit it)."
-            )
-        self._kick_cache_enabled = as_bool("cache", cache)
-        if cache_dir is not None and not isinstance(cache_dir, str):
-            raise CompressionConfigError(f"Invalid cache_dir={cache_dir!r}: expected a folder path.")
-        if cache_dir is not None and not self._kick_cache_enabled:
-            raise CompressionConfigError(
-                f"Invalid cache_dir={cache_dir!r} with cache=false: the cache is off, so cache_dir would be ignored. "
-                "Drop one of them."
-            )
-        self._kick_cache_dir = cache_dir
-        self._kick_save_to: Path | None = None
-        if save_compressed not in (None, ""):
-            try:
-                self._kick_save_to = check_export_target(str(save_compressed))
-            except ExportError as exc:
-                raise CompressionConfigError(str(exc)) from None
+        self._kick_options = LoadTimeOptions.from_args(compress_device=compress_device,
+                                                       compress_batch_size=compress_batch_size, cache_dir=cache_dir,
+                                                       cache=cache, save_compressed=save_compressed)
         self._kick_report = None
         self._kick_record: dict[str, Any] = {}
         self._kick_source = {
@@ -158,7 +111,7 @@ class _KickCompressedLM(HFLM):
             **{k: rest[k] for k in ("revision", "gguf_file", "subfolder", "peft", "delta") if rest.get(k)},
         }
         check_pretrained(pretrained)  # after every argument check, before the load
-        if self._kick_config.needs_calibration and not self._kick_is_noop():
+        if self._kick_config.needs_calibration and not is_noop(self._kick_config):
             from kick_models.compress.calibration import resolve_source
 
             # calibration data resolved (or a DataNotFoundError listing every place tried) before the load
@@ -179,187 +132,21 @@ class _KickCompressedLM(HFLM):
             delta=kwargs.get("delta"),
         )
 
-    # -- compression ------------------------------------------------------------
-    def _kick_model(self) -> torch.nn.Module:
+    def _kick_apply(self, pretrained, revision, gguf_file, subfolder, peft, delta) -> None:
+        """Hand the loaded model to the load-time driver (:func:`kick_models.loadtime.compress_or_load`)."""
+        from kick_models.loadtime import ModelSource, compress_or_load
+
         model = self._model
         accelerator = getattr(self, "accelerator", None)
-        return accelerator.unwrap_model(model) if accelerator is not None else model
-
-    def _kick_device(self, model: torch.nn.Module) -> torch.device:
-        from kick_models.compress.placement import model_device
-
-        if self._kick_compress_device is not None:
-            return self._kick_compress_device
-        return model_device(model)  # a dispatched/offloaded model: where its input embeddings run, never "meta"
-
-    def _kick_is_noop(self) -> bool:
-        cfg = self._kick_config
-        return isinstance(cfg, PruneConfig) and cfg.sparsity == 0
-
-    def _kick_compress(self, model, calibration=None, progress: bool = True):
-        """The one call into the compression core (counted in the record: a cache hit never gets here)."""
-        from kick_models.api import compress
-
-        self._kick_record["compressed_in_this_process"] = True
-        logger.info("kick: compressing %s with %s", self._kick_source["pretrained"], self._kick_config)
-        return compress(
-            model,
-            self.tokenizer,
-            self._kick_config,
-            calibration=calibration,
-            device=self._kick_compress_device,
-            batch_size=self._kick_compress_batch_size,
-            progress=progress,
+        if accelerator is not None:
+            model = accelerator.unwrap_model(model)
+        source = ModelSource(
+            pretrained=pretrained, revision=revision, gguf_file=gguf_file, subfolder=subfolder, peft=peft,
+            delta=delta, commit_hash=getattr(getattr(self, "_config", None), "_commit_hash", None),
+            described=self._kick_source,
         )
-
-    def _kick_key(self, cache, model, pretrained, revision, gguf_file, subfolder, peft, delta):
-        """(key, key parts, calibration tokens or None)."""
-        import kick_models
-        from kick_models import api
-        from kick_models.cache import cache_key, cache_key_parts, model_identity
-        from kick_models.compress.calibration import fingerprint, load_calibration, model_max_positions
-
-        memo = cache.file_hash_memo()
-        identity = model_identity(
-            pretrained, model=model, revision=revision, gguf_file=gguf_file, subfolder=subfolder,
-            commit_hash=getattr(getattr(model, "config", None), "_commit_hash", None)
-            or getattr(getattr(self, "_config", None), "_commit_hash", None),
-            memo=memo,
-        )
-        extra = {}
-        for name, value in (("peft", peft), ("delta", delta)):
-            if value:
-                extra[name] = model_identity(value, memo=memo)
-        memo.save()
-        cfg = self._kick_config
-        tokens = None
-        if cfg.needs_calibration:
-            tokens = load_calibration(cfg.calibration, self.tokenizer, model_max_positions(model))
-        parts = cache_key_parts(
-            identity=identity,
-            config=cfg.to_dict(),
-            calibration_fingerprint=fingerprint(tokens) if tokens is not None else None,
-            dtype=str(next(model.parameters()).dtype),
-            device_type=self._kick_device(model).type,
-            algorithm_version=getattr(api, "ALGORITHM_VERSION", None) or kick_models.__version__,
-            extra=extra or None,
-        )
-        return cache_key(parts), parts, tokens
-
-    def _kick_apply(self, pretrained, revision, gguf_file, subfolder, peft, delta) -> None:
-        """Compress the loaded model (or load it from the cache) and keep the record."""
-        from kick_models import distributed
-        from kick_models.api import check_coverage
-        from kick_models.cache import CompressionCache
-
-        model = self._kick_model()
-        check_coverage(model, self._kick_config)  # uncovered block weights refused before any calibration work
-        rank, world = distributed.world()
-        record = self._kick_record
-        record.update(compressed_in_this_process=False, compress_device=str(self._kick_device(model)))
-        from kick_models.compress.placement import describe
-
-        placed = describe(model)
-        if placed:  # dispatched by accelerate (parallelize=True, device_map, offload)
-            record["placement"] = placed
-        if world > 1:
-            record["processes"] = {
-                "rank": rank,
-                "world_size": world,
-                "coordination": "torch.distributed + file lock" if distributed.has_process_group() else "file lock",
-            }
-        t0 = time.perf_counter()
-
-        if self._kick_is_noop():
-            self._kick_report = self._kick_compress(model, progress=False)  # measures only
-            record["compressed_in_this_process"] = False
-            record["cache"] = {"status": "not used (sparsity=0: the model stays dense)"}
-            self._kick_finish(model, t0)
-            return
-
-        cache = CompressionCache.open(self._kick_cache_dir) if self._kick_cache_enabled else None
-        status = "miss" if cache is not None else ("disabled" if not self._kick_cache_enabled else "unwritable")
-        pg = distributed.has_process_group()
-        tmp_root = None
-        if cache is None and world > 1:
-            if pg:  # a private temporary cache shared by the processes of this run
-                tmp_root = distributed.broadcast_object(tempfile.mkdtemp(prefix="kick-mp-") if rank == 0 else None)
-                cache = CompressionCache(tmp_root)
-            else:
-                warnings.warn(
-                    f"kick: {world} processes without a torch.distributed process group and no usable cache: "
-                    "every process compresses on its own. Enable the cache (cache=true, writable cache_dir) to "
-                    "compress once.",
-                    stacklevel=2,
-                )
-
-        if cache is None:
-            self._kick_report = self._kick_compress(model, progress=rank == 0)
-            record["cache"] = {"status": status}
-            self._kick_finish(model, t0)
-            return
-
-        from kick_models.distributed import HeldLock
-
-        if pg and rank != 0:
-            key, parts = distributed.broadcast_object(None)
-            tokens = None
-            lock = HeldLock(cache.root / "locks" / f"{key}.lock")  # released by rank 0 when the entry exists
-        else:
-            key, parts, tokens = self._kick_key(cache, model, pretrained, revision, gguf_file, subfolder, peft, delta)
-            lock = HeldLock(cache.root / "locks" / f"{key}.lock")
-            if pg:
-                distributed.broadcast_object((key, parts))
-        with lock:
-            t_load = time.perf_counter()
-            report = cache.load_into(key, model)
-            if report is not None:
-                status = "hit"
-                record["cache_load_seconds"] = round(time.perf_counter() - t_load, 3)
-                logger.info("kick: loaded compressed weights from cache entry %s", cache.entry_dir(key))
-            else:
-                report = self._kick_compress(model, calibration=tokens, progress=rank == 0)
-                stored = cache.store(key, model, report, parts)
-                if stored is None:
-                    status = "miss (not written)"
-        self._kick_report = report
-        record["cache"] = {
-            "status": status if tmp_root is None else f"{status} (temporary multi-process cache, cache=false)",
-            "key": key,
-            "dir": str(cache.root) if tmp_root is None else None,
-        }
-        if tmp_root is not None:
-            distributed.barrier()
-            if rank == 0:
-                shutil.rmtree(tmp_root, ignore_errors=True)
-        self._kick_finish(model, t0)
-
-    def _kick_finish(self, model, t0: float) -> None:
-        from kick_models import distributed
-        from kick_models.export import save_compressed
-
-        report = self._kick_report
-        summary = report.summary()
-        record = self._kick_record
-        record["setup_seconds"] = round(time.perf_counter() - t0, 3)
-        rank, _ = distributed.world()
-        if self._kick_save_to is not None and rank == 0:
-            path = save_compressed(
-                model, self.tokenizer, report, self._kick_save_to,
-                source=self._kick_source, extra={"cache": record.get("cache")},
-            )
-            record["saved_to"] = str(path)
-            logger.info("kick: compressed checkpoint written to %s", path)
-        coverage = summary.get("coverage") or {}
-        logger.info(
-            "kick: %s measured sparsity %.4f%s over all decoder-block weights, %s, compression %.1fs (cache: %s)",
-            summary["method"], summary["measured_sparsity"],
-            f", {summary['bits_per_weight']:.3f} bits/weight" if summary.get("bits_per_weight") else "",
-            f"{100 * coverage.get('compressed_fraction', 0):.2f}% of them compressed ({len(coverage.get('kept', {}))} "
-            f"kept as they are: {', '.join(sorted(set(coverage.get('kept', {}).values()))) or 'none'})"
-            if coverage else "coverage unknown",
-            summary["seconds"], record.get("cache", {}).get("status"),
-        )
+        self._kick_report, self._kick_record = compress_or_load(
+            model, self.tokenizer, self._kick_config, source, self._kick_options, self._kick_record)
 
     # -- reporting --------------------------------------------------------------
     @property

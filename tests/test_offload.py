@@ -206,10 +206,10 @@ def test_compress_device_must_hold_data(device, source):
     model = load_plain(source)
     with pytest.raises(CompressionConfigError, match="cpu, cuda"):
         prune(model, None, method="magnitude", sparsity=0.5, device=device, progress=False)
-    from kick_models.lm import _parse_device
+    from kick_models.loadtime import parse_device
 
     with pytest.raises(CompressionConfigError, match="compress_device"):
-        _parse_device(device)
+        parse_device(device)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
