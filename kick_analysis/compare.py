@@ -150,7 +150,8 @@ def normalize_answer(text: Any) -> str:
     return _WS.sub(" ", text.strip().lower())
 
 
-def _choice_texts(sample: dict[str, Any]) -> list[str]:
+def choice_texts(sample: dict[str, Any]) -> list[str]:
+    """The option continuations of a multiple-choice sample, in option order."""
     args = sample.get("arguments") or {}
     if isinstance(args, dict):
         ordered = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[-1]))]
@@ -171,7 +172,7 @@ def chosen_answer(sample: dict[str, Any], output_type: str | None, metric: str |
                 return normalize_answer(resps)
             lls.append(f)
         if metric == "acc_norm":
-            texts = _choice_texts(sample)
+            texts = choice_texts(sample)
             if len(texts) == len(lls):
                 lls = [ll / max(1, len(t)) for ll, t in zip(lls, texts)]
         return f"option {max(range(len(lls)), key=lls.__getitem__)}"
@@ -211,8 +212,10 @@ def pair_samples(dense: Sequence[dict[str, Any]], compressed: Sequence[dict[str,
 def compare_samples(task: str, dense: Sequence[dict[str, Any]], compressed: Sequence[dict[str, Any]], *,
                     output_type: str | None = None, metric: str | None = None,
                     higher_is_better: dict[str, bool] | None = None, use_intersection: bool = False,
-                    n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Paired comparison of one task's samples (the pure core of ``kick compare``)."""
+                    n_resamples: int = 2000, seed: int = 0, level: float = 0.95,
+                    keep_pairs: bool = False) -> dict[str, Any]:
+    """Paired comparison of one task's samples (the pure core of ``kick compare``). With ``keep_pairs``
+    the result also holds ``pairs``: the matched ``(dense sample, compressed sample)`` list (per-item views)."""
     pairing = pair_samples(dense, compressed)
     if not pairing.complete:
         msg = (
@@ -238,6 +241,8 @@ def compare_samples(task: str, dense: Sequence[dict[str, Any]], compressed: Sequ
     if metric is None:
         out["kind"] = "aggregate-only"
         return out
+    if keep_pairs:
+        out["pairs"] = pairing.pairs
     agree = [chosen_answer(d, output_type, metric) == chosen_answer(c, output_type, metric) for d, c in pairing.pairs]
     out["agreement"] = sum(agree) / len(agree)
     dv = [item_score(d, metric) for d, _ in pairing.pairs]
@@ -328,9 +333,10 @@ def _filter_for(run: Run, task: str, metric: str | None, requested: str | None) 
 def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None, *,
                  metric_overrides: dict[str, str] | None = None, filter_key: str | None = None,
                  use_intersection: bool = False, n_resamples: int = 2000, seed: int = 0,
-                 skip_errors: bool = False) -> dict[str, Any]:
+                 skip_errors: bool = False, keep_pairs: bool = False) -> dict[str, Any]:
     """Compare every common task of two runs (or ``tasks``). Raises :class:`CompareError` on bad input;
-    with ``skip_errors`` a task that cannot be compared is recorded in ``report["errors"]`` instead."""
+    with ``skip_errors`` a task that cannot be compared is recorded in ``report["errors"]`` instead;
+    with ``keep_pairs`` each per-item task result keeps its matched samples (see :func:`compare_samples`)."""
     d_tasks, c_tasks = dense.tasks, compressed.tasks
     if tasks:
         missing = [(t, r) for t in tasks for r, ts in (("dense", d_tasks), ("compressed", c_tasks)) if t not in ts]
@@ -358,7 +364,7 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
     for task in chosen:
         try:
             _compare_task(task, dense, compressed, overrides, filter_key, use_intersection, n_resamples, seed,
-                          report, paired)
+                          report, paired, keep_pairs)
         except (CompareError, ResultsError) as exc:
             if not skip_errors:
                 raise
@@ -373,10 +379,11 @@ def compare_runs(dense: Run, compressed: Run, tasks: Sequence[str] | None = None
 
 
 def _compare_task(task: str, dense: Run, compressed: Run, overrides: dict[str, str], filter_key: str | None,
-                  use_intersection: bool, n_resamples: int, seed: int, report: dict, paired: dict) -> None:
+                  use_intersection: bool, n_resamples: int, seed: int, report: dict, paired: dict,
+                  keep_pairs: bool = False) -> None:
     output_type = dense.output_type(task)
     wanted = overrides.get(task, overrides.get("*"))
-    if output_type == "loglikelihood_rolling" or (not wanted and _aggregate_only(task)):
+    if output_type == "loglikelihood_rolling" or (not wanted and aggregate_only(task)):
         report["tasks"][task] = compare_aggregate(task, dense, compressed)  # perplexity: no samples needed
         return
     has_d, has_c = task in dense.samples_files, task in compressed.samples_files
@@ -394,13 +401,15 @@ def _compare_task(task: str, dense: Run, compressed: Run, overrides: dict[str, s
         report["tasks"][task] = compare_aggregate(task, dense, compressed)
         return
     result = compare_samples(task, d_samples, c_samples, output_type=output_type, metric=metric,
-                             use_intersection=use_intersection, n_resamples=n_resamples, seed=seed)
+                             use_intersection=use_intersection, n_resamples=n_resamples, seed=seed,
+                             keep_pairs=keep_pairs)
     result["filter"] = fkey or "none"
     report["tasks"][task] = result
     paired[task] = (d_samples, c_samples, metric, output_type)
 
 
-def _aggregate_only(task: str) -> bool:
+def aggregate_only(task: str) -> bool:
+    """True for tasks compared on aggregate values only (:data:`TASK_PRIMARY_METRIC` entry None: perplexity)."""
     return any(fnmatch.fnmatchcase(task, p) and m is None for p, m in TASK_PRIMARY_METRIC.items())
 
 

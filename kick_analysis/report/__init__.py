@@ -1,6 +1,6 @@
 """``kick report``: summary.csv, leaderboard.md and plots over any set of lm-eval results folders.
 
-    kick report DIR [DIR ...] --out OUTDIR [--html] [--no-plots] [--resamples 2000] [--seed 0]
+    kick report DIR [DIR ...] --out OUTDIR [--no-html] [--no-plots] [--resamples 2000] [--seed 0]
 
 DIRs are walked recursively for lm-eval ``results_*.json`` (``kick sweep`` folders, plain
 ``lm_eval --output_path`` folders, any mix); a DIR without lm-eval output is skipped with a
@@ -20,7 +20,11 @@ Outputs in OUTDIR:
 * PNG plots (needs matplotlib: ``pip install 'kick-eval[report]'``): per task score vs sparsity per
   pruning method (dense as a horizontal line); perplexity vs knowledge-task score; quantization vs
   pruning at equal compression (score vs effective bits per weight); retention vs sparsity.
-* ``report.html`` with ``--html``: the leaderboard and the plots in one self-contained page.
+* ``report.html`` (unless ``--no-html``): one self-contained interactive page (no network, no server, opens
+  from ``file://``): the leaderboard sortable by any column and filterable by method / model / sparsity / bits /
+  task, the plots, and a per-item view: for any config, the items its dense baseline got right and it lost (and
+  the reverse), with the question, the reference answers and both models' outputs, filterable by task and text
+  (needs ``--log_samples`` runs; the page says which configs lack them, and which dense baseline is missing).
 
 Effective bits per weight (the x axis of the quantization-vs-pruning plot): dense = 16 (fp16
 storage); pruning at sparsity s = 16 * (1 - s) + 1 (fp16 values of the kept weights plus a
@@ -54,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="lm-eval output folders (walked recursively)")
     p.add_argument("--out", required=True, help="folder for summary.csv, leaderboard.md, plots")
-    p.add_argument("--html", action="store_true", help="also write a self-contained report.html")
+    p.add_argument("--no-html", dest="html", action="store_false", help="do not write report.html")
+    p.add_argument("--html", dest="html", action="store_true", default=True,
+                   help="write report.html (the default; kept for older scripts)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the paired CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

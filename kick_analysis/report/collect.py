@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from kick_analysis.compare import METRIC_PREFERENCE, compare_runs, table_metric
+from kick_analysis.compare import METRIC_PREFERENCE, aggregate_only, compare_runs, table_metric
+from kick_analysis.report.items import flipped_items
 from kick_analysis.results_io import Run, compression_info, config_label, data_differences, display_name, load_runs
 
 MASK_BITS = 1.0  # presence-mask overhead per weight for pruned models (see the kick_analysis.report docstring)
@@ -38,6 +39,8 @@ class Entry:
     dense: "Entry | None" = None
     paired: dict[str, Any] = field(default_factory=dict)  # task/group -> compare result
     paired_errors: dict[str, str] = field(default_factory=dict)
+    flips: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> lost/gained items
+    item_notes: list[str] = field(default_factory=list)  # why (some) per-item comparisons are missing
 
     @property
     def is_dense(self) -> bool:
@@ -151,6 +154,27 @@ def _baseline_rank(e: Entry, d: Entry) -> tuple:
     return (not same_sweep, not same_docs, -len(common), d.run.model != "hf")
 
 
+def missing_baseline_note(e: Entry) -> str:
+    """Why a config has no dense-relative numbers: its model's uncompressed run is not among the folders."""
+    model = display_name(e.base[0]) + (f" ({e.base[1]})" if e.base[1] else "")
+    return (f"no dense baseline: no uncompressed run of {model} among the report's folders; evaluate it "
+            f"(lm_eval --model hf --model_args pretrained={e.base[0]} --log_samples, same tasks) and add its "
+            "output folder to kick report")
+
+
+def _missing_samples_notes(e: Entry, ref: Entry) -> list[str]:
+    """Per run side, the tasks that lack the per-item log the per-item view needs (perplexities need none)."""
+    itemized = [t for t in ref.run.tasks if t in e.run.tasks and not aggregate_only(t)
+                and e.run.output_type(t) != "loglikelihood_rolling"]
+    notes = []
+    for who, run in ((f"this config ({e.label})", e.run), (f"its dense baseline ({ref.label})", ref.run)):
+        missing = [t for t in itemized if t not in run.samples_files]
+        if missing:
+            notes.append(f"no per-item log (samples_<task>_*.jsonl) in {who} for {', '.join(missing)}: rerun "
+                         f"lm_eval with --log_samples (folder {run.folder})")
+    return notes
+
+
 def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) -> list[Entry]:
     """Load every run under ``dirs``, find each one's dense baseline and compute the paired stats."""
     runs = load_runs(dirs)
@@ -167,6 +191,8 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
         if not dense:
             warnings.warn(f"no dense (uncompressed) run of {display_name(base[0])} among the folders: no dense-relative columns "
                           "for its configs", stacklevel=2)
+            for e in group:
+                e.item_notes.append(missing_baseline_note(e))
             continue
         dense.sort(key=lambda e: (e.run.model != "hf", -len(e.run.samples_files)))
         if len(dense) > 1:
@@ -181,14 +207,20 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
                 warnings.warn(f"{e.label} vs its dense baseline {ref.label}: {problem}", stacklevel=2)
             common = [t for t in ref.run.tasks if t in e.run.tasks and t in ref.run.samples_files
                       and t in e.run.samples_files]  # (perplexities need no samples: aggregate columns)
+            e.item_notes += _missing_samples_notes(e, ref)
             if not common:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                rep = compare_runs(ref.run, e.run, common, skip_errors=True, n_resamples=n_resamples, seed=seed)
+                rep = compare_runs(ref.run, e.run, common, skip_errors=True, n_resamples=n_resamples, seed=seed,
+                                   keep_pairs=True)
+            for task, result in rep["tasks"].items():
+                e.flips[task] = flipped_items(task, result, e.run.output_type(task))
+                result.pop("pairs", None)  # the samples: only the flipped items are kept
             e.paired = {**rep["tasks"], **rep.get("groups", {})}
             e.paired_errors = rep.get("errors", {})
             for task, err in e.paired_errors.items():
                 warnings.warn(f"{e.label}: {err}", stacklevel=2)
+                e.item_notes.append(err)
     entries.sort(key=_sort_key)
     return entries

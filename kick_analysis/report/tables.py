@@ -14,6 +14,20 @@ from kick_analysis.results_io import data_differences, data_provenance, format_p
 DAGGER = "\u2020"
 
 
+class Cell(str):
+    """A leaderboard cell: its text (what markdown shows) plus, for the HTML page, the number it sorts by
+    (``value``; None: sort by the text) and, in the header, the task its column belongs to (``task``; None for
+    the config's own columns)."""
+
+    value: float | None
+    task: str | None
+
+    def __new__(cls, text: str, value: float | None = None, task: str | None = None) -> "Cell":
+        cell = super().__new__(cls, text)
+        cell.value, cell.task = value, task
+        return cell
+
+
 CSV_COLUMNS = [
     "config", "model", "model_class", "method", "kind", "sparsity", "sparsity_type", "wbits", "groupsize",
     "measured_sparsity", "bits_per_weight", "effective_bits", "compression_seconds", "task", "metric", "filter",
@@ -80,9 +94,10 @@ def _score(v: float | None) -> str:
 
 
 def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the leaderboard (also used for the HTML page)."""
+    """Header and rows of the leaderboard (also used for the HTML page; its cells are :class:`Cell` strings
+    where a sort value or a task is known)."""
     tasks = headline_tasks(entries)
-    head = ["config", "sparsity (measured)", "bits/weight"]
+    head: list[str] = ["config", "sparsity (measured)", "bits/weight"]
     specs = []  # (task, metric, filter, is_ppl, paired?)
     for task in tasks:
         hm = next((headline_metric(e.run, task) for e in entries if task in e.run.results), None)
@@ -92,12 +107,10 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
         ppl = is_perplexity(metric)
         paired = any(task in e.paired and e.paired[task].get("metric") for e in entries)
         specs.append((task, metric, filt, ppl, paired))
-        if ppl:
-            head += [f"{task} {metric}", "x dense"]
-        else:
-            head += [f"{task} {metric}", "% of dense"]
-            if paired:
-                head += ["retention", "agreement", "McNemar p"]
+        names = [f"{task} {metric}", "x dense" if ppl else "% of dense"]
+        if paired and not ppl:
+            names += ["retention", "agreement", "McNemar p"]
+        head += [Cell(name, task=task) for name in names]
     rows = []
     for e in entries:
         ms = e.info.get("measured_sparsity")
@@ -112,22 +125,25 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
         if cov is not None and cov < 1:  # routers kept dense, or allow_partial: say how much was compressed
             sp_txt += f" [{100 * cov:.1f}% of block weights compressed]"
         bpw = e.info.get("bits_per_weight")
-        row = [e.label, sp_txt, "-" if bpw is None else f"{bpw:.2f}"]
+        row = [Cell(e.label), Cell(sp_txt, e.x_sparsity), Cell("-" if bpw is None else f"{bpw:.2f}", bpw)]
         for task, metric, filt, ppl, paired in specs:
             v = _num(e.run.results.get(task, {}).get(f"{metric},{filt}"))
             dv = _num(e.dense.run.results.get(task, {}).get(f"{metric},{filt}")) if e.dense else None
             if e.is_dense:
                 dv = v
+            ratio = None if v is None or not dv else v / dv
             if ppl:
-                row += ["-" if v is None else f"{v:.2f}", "-" if v is None or not dv else f"x{v / dv:.2f}"]
+                row += [Cell("-" if v is None else f"{v:.2f}", v),
+                        Cell("-" if ratio is None else f"x{ratio:.2f}", ratio)]
                 continue
-            row += [_score(v), "-" if v is None or not dv else f"{100 * v / dv:.1f}%"]
+            row += [Cell(_score(v), v), Cell("-" if ratio is None else f"{100 * ratio:.1f}%", ratio)]
             if paired:
                 p = e.paired.get(task) or {}
                 mark = f" {DAGGER}" if p.get("significant") else ""
                 pv = p.get("mcnemar_p")
-                row += [_pct(p.get("retention")), _pct(p.get("agreement")),
-                        ("-" if pv is None else f"{pv:.3g}") + mark if p else "-"]
+                row += [Cell(_pct(p.get("retention")), p.get("retention")),
+                        Cell(_pct(p.get("agreement")), p.get("agreement")),
+                        Cell(("-" if pv is None else f"{pv:.3g}") + mark if p else "-", pv)]
         rows.append(row)
     return head, rows
 
