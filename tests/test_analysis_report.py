@@ -117,9 +117,10 @@ def test_report_outputs(sweep_dir, tmp_path, capsys):
         with Image.open(p) as im:
             im.verify()
     page = (out / "report.html").read_text()
-    imgs = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    data = json.loads(re.search(r"<script id='kick-data' type='application/json'>(.*?)</script>", page, re.S).group(1))
+    imgs = [p["src"].split("data:image/png;base64,", 1)[1] for p in data["plots"]]
     assert len(imgs) == len(pngs) and base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "magnitude-s50" in page
+    assert [c["label"] for c in data["configs"]][:2] == ["dense", "magnitude-s50"]
 
 
 def test_report_errors_and_no_plots(tmp_path, capsys):
