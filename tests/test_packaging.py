@@ -78,4 +78,5 @@ def test_wheel_ships_task_yaml_and_startup_hook(tmp_path):
     assert "kick_autoload.pth" in names
     assert any(n.startswith("task_yaml/") and n.endswith(".yaml") for n in names)
     assert "kick_models/autoload.py" in names and "kick_models/data.py" in names
+    assert {"kick_analysis/report/static/report.js", "kick_analysis/report/static/report.css"} <= set(names)
     assert not any(n.startswith("tests/") for n in names)

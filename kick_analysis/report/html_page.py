@@ -91,7 +91,6 @@ def page_data(entries: Sequence[Entry], images: Sequence[Path]) -> dict[str, Any
             "paired": paired,
             "flips": flips,
             "notes": list(e.item_notes),
-            "folder": str(e.run.folder),
         })
     missing = sorted({n for e in entries for n in e.item_notes if n.startswith("no dense baseline")})
     plots = []
