@@ -36,9 +36,14 @@ CONFIGS = {
 }
 
 
+HOSTILE = "</script><img src=x onerror=\"document.title='pwned'\"> & <b>bold</b>?"  # the question of item 25
+
+
 def _qa(slug: str, right: set[int]) -> list[dict]:
-    return [gen_sample(i, f"Answer {i}" if i in right else f"wrong {slug} {i}", f"Answer {i}", metric="contains_em")
-            for i in range(N_QA)]
+    samples = [gen_sample(i, f"Answer {i}" if i in right else f"wrong {slug} {i}", f"Answer {i}", metric="contains_em")
+               for i in range(N_QA)]
+    samples[25]["doc"]["question"] = HOSTILE  # (pairing uses the logged hashes, which stay the same)
+    return samples
 
 
 def _mc(right: set[int]) -> list[dict]:
@@ -249,6 +254,42 @@ def test_item_view_shows_question_references_and_both_outputs(browser, study_pag
     assert page.input_value("#items-config") == "magnitude-s50"
     assert page.errors == []
     page.close()
+
+
+def test_page_text_is_never_markup(browser, study_page):
+    page = open_page(browser, study_page)
+    rows = show_items(page, "wanda-s50", "lost", task=QA)
+    assert next(r for r in rows if r["doc"] == "25")["cells"][3] == HOSTILE
+    assert page.eval_on_selector_all("#items-table img, #items-table b", "es => es.length") == 0
+    assert page.title() != "pwned" and page.errors == []
+    page.close()
+
+
+def test_page_data_is_generic_over_metric_names_and_names_missing_dense_samples(tmp_path):
+    """A task whose metric kick has never heard of (lm-eval 0.5 renames, new tasks) gets its leaderboard columns
+    and lost items like any other; a dense baseline without samples is named in the config's notes."""
+    from kick_analysis.report.collect import collect
+    from kick_analysis.report.html_page import page_data
+
+    def run(slug, model, args, right, logged=True):
+        samples = [gen_sample(i, "y" if i in right else "n", "y", metric="kick_new_score") for i in range(10)]
+        write_run(tmp_path / slug / "m", {"newtask": samples}, model=model, model_args=args, log_samples=logged)
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"model": "m"}))
+    run("dense", "hf", {"pretrained": "m"}, {0, 1, 2, 3, 4, 5})
+    run("wanda-s50", "kick-pruned", {"pretrained": "m", "method": "wanda", "sparsity": 0.5}, {0, 1, 7})
+    data = page_data(collect([tmp_path], n_resamples=50), [])
+    assert [c["name"] for c in data["columns"] if c["task"] == "newtask"][0] == "newtask kick_new_score"
+    wanda = next(c for c in data["configs"] if c["label"] == "wanda-s50")
+    lost = sorted(data["items"][i][1] for i, change, _ in wanda["flips"] if change == "lost")
+    assert lost == [2, 3, 4, 5] and wanda["paired"]["newtask"]["metric"] == "kick_new_score"
+
+    run("dense", "hf", {"pretrained": "m"}, {0, 1, 2, 3, 4, 5}, logged=False)
+    for f in (tmp_path / "dense" / "m").glob("samples_*"):
+        f.unlink()
+    wanda = next(c for c in page_data(collect([tmp_path], n_resamples=50), [])["configs"] if c["label"] == "wanda-s50")
+    assert wanda["flips"] == [] and any("its dense baseline (dense)" in n and "--log_samples" in n
+                                        for n in wanda["notes"])
 
 
 def test_bad_input_is_named_on_the_page(browser, study_page):
