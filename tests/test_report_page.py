@@ -332,3 +332,25 @@ def test_committed_study_renders(browser, tmp_path):
     assert page.errors == [] and visible_configs(page) == ["dense", "wanda-s50"]
     assert re.search(r"\d+ paired items, lost \d+", page.text_content("#items-info"))
     page.close()
+
+
+def test_many_tasks_are_totalled_and_each_can_be_chosen(browser, tmp_path):
+    """Six multiple-choice subjects (like the 57 of an MMLU group): the view totals them, lists each, filters by each."""
+    subjects = [f"subject_{k}" for k in range(6)]
+    for slug, model, args, shift in (("dense", "hf", {"pretrained": "m"}, 0),
+                                     ("rtn-w4", "kick-rtn", {"pretrained": "m", "wbits": 4, "groupsize": 128}, 2)):
+        tasks = {s: _mc({i for i in range(N_MC) if (i + shift + k) % 3}) for k, s in enumerate(subjects)}
+        write_run(tmp_path / "runs" / slug / "m", tasks, model=model, model_args=args,
+                  output_types={s: "multiple_choice" for s in subjects})
+    assert rep.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-plots", "--resamples", "50"]) == 0
+    want = {c: set().union(*(flips_from_samples(tmp_path / "runs" / "dense" / "m", tmp_path / "runs" / "rtn-w4" / "m",
+                                                s, "acc", c) for s in subjects)) for c in ("lost", "gained")}
+    page = open_page(browser, tmp_path / "out" / "report.html")
+    info = page.text_content("#items-info")
+    assert f"6 tasks: {6 * N_MC} paired items, lost {len(want['lost'])}, gained {len(want['gained'])}." in info
+    options = page.eval_on_selector_all("#items-task option", "os => os.map(o => o.value)")
+    assert options == ["", *subjects]
+    assert {(r["task"], r["doc"]) for r in show_items(page, "rtn 4-bit g128", "lost", task="subject_3")} == {
+        f for f in want["lost"] if f[0] == "subject_3"}
+    assert page.errors == []
+    page.close()

@@ -39,7 +39,7 @@ class Entry:
     dense: "Entry | None" = None
     paired: dict[str, Any] = field(default_factory=dict)  # task/group -> compare result
     paired_errors: dict[str, str] = field(default_factory=dict)
-    flips: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> lost/gained items
+    changed_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> lost/gained items
     item_notes: list[str] = field(default_factory=list)  # why (some) per-item comparisons are missing
 
     @property
@@ -215,7 +215,7 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) 
                 rep = compare_runs(ref.run, e.run, common, skip_errors=True, n_resamples=n_resamples, seed=seed,
                                    keep_pairs=True)
             for task, result in rep["tasks"].items():
-                e.flips[task] = flipped_items(task, result, e.run.output_type(task))
+                e.changed_items[task] = flipped_items(task, result, e.run.output_type(task))
                 result.pop("pairs", None)  # the samples: only the flipped items are kept
             e.paired = {**rep["tasks"], **rep.get("groups", {})}
             e.paired_errors = rep.get("errors", {})

@@ -71,7 +71,7 @@ def page_data(entries: Sequence[Entry], images: Sequence[Path]) -> dict[str, Any
     configs = []
     for e, row in zip(entries, rows):
         flips = []
-        for task, found in e.flips.items():
+        for task, found in e.changed_items.items():
             for it in found:
                 key = (e.dense.label if e.dense else "", task, it["doc_id"])
                 if key not in item_index:

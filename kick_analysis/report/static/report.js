@@ -242,12 +242,22 @@
     tasks.forEach(function (t) { taskSelect.appendChild(el("option", {value: t, text: t})); });
     taskSelect.value = keep; iv.task = keep;
     info.textContent = "";
-    var parts = Object.keys(c.paired).map(function (t) {
+    var tasksPaired = Object.keys(c.paired), total = {n: 0, lost: 0, gained: 0};
+    var parts = tasksPaired.map(function (t) {
       var p = c.paired[t];
       if (p.kind !== "binary") return t + " (" + p.metric + "): scored per item on a continuous scale, no lost/gained items";
+      total.n += p.n_matched; total.lost += p.lost; total.gained += p.gained;
       return t + " (" + p.metric + "): " + p.n_matched + " paired items, lost " + p.lost + ", gained " + p.gained;
     });
-    info.textContent = (c.dense ? "Dense baseline: " + c.dense + ". " : "") + parts.join("; ");
+    var head = c.dense ? "Dense baseline: " + c.dense + ". " : "";
+    if (parts.length <= 4) {
+      info.textContent = head + parts.join("; ");
+    } else { // e.g. the 57 subjects of an MMLU group: the totals, with each task one click away
+      info.appendChild(document.createTextNode(head + tasksPaired.length + " tasks: " + total.n + " paired items, lost " +
+                                               total.lost + ", gained " + total.gained + ". "));
+      info.appendChild(el("details", {}, [el("summary", {text: "per task"}),
+        el("ul", {}, parts.map(function (t) { return el("li", {text: t}); }))]));
+    }
     notes.textContent = "";
     c.notes.forEach(function (n) { notes.appendChild(el("div", {cls: "warning", text: n})); });
     renderItems();
