@@ -305,7 +305,7 @@
     var what = iv.change === "both" ? "lost or gained" : iv.change;
     if (!c.flips.length) {
       count.textContent = c.notes.length ? "No per-item comparison for this config (see above)." :
-        "No " + what + " items: the two models agree on every paired item.";
+        "No " + what + " items: on every paired item the two models are both right or both wrong.";
     } else {
       count.textContent = found.length ? "Showing " + (start + 1) + "\u2013" + (start + shown.length) + " of " +
         found.length + " " + what + " items" : "No " + what + " items match.";
