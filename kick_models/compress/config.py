@@ -28,6 +28,11 @@ class CompressionConfigError(ValueError):
     """A compression argument is invalid (message names argument, value and allowed values)."""
 
 
+class UnsupportedModelError(CompressionConfigError):
+    """The model holds something kick cannot compress truly (the message names the module/weights and why):
+    refused before any weight changes."""
+
+
 # --------------------------------------------------------------------------- casting helpers
 
 

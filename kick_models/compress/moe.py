@@ -26,7 +26,9 @@ Calibration policy (``moe_calibration``):
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,7 +58,7 @@ def _pause_statistics() -> Iterator[None]:
 
 
 def is_moe_block(module: nn.Module) -> bool:
-    """A module with an ``experts`` child (fused experts or an ``nn.ModuleList`` of expert MLPs)."""
+    """A module with an ``experts`` child (fused/stacked experts or an ``nn.ModuleList`` of expert MLPs)."""
     experts = getattr(module, "experts", None)
     return isinstance(experts, nn.Module) and (isinstance(experts, nn.ModuleList) or is_fused_experts(experts))
 
@@ -65,15 +67,29 @@ def is_router_name(child: str) -> bool:
     return child in ("gate", "router") or child.endswith("_gate") or child.endswith("_router")
 
 
+# a fused parameter's part of the expert MLP, from its name: projections into the expert read the hidden size
+_INTO = {"gate_up_proj": "gate_up", "up_proj": "up", "gate_proj": "gate", "w1": "gate", "v1": "up"}
+_OUT_OF = ("down_proj", "w2")
+
+
+def _expert_params(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of the expert matrices a module holds (directly or in a child without experts of its
+    own, as DBRX's ``experts.mlp``): names of :data:`_INTO` / :data:`_OUT_OF`."""
+    return {n: p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] in (*_INTO, *_OUT_OF)}
+
+
 def is_fused_experts(module: nn.Module) -> bool:
-    """Experts stored as 3-D parameters ``[num_experts, ., .]`` (``gate_up_proj``/``up_proj`` + ``down_proj``)."""
+    """Experts stored as tensors of all experts: 3-D ``[num_experts, ., .]`` (``gate_up_proj``/``up_proj`` +
+    ``down_proj``), or 2-D stacked ``[num_experts * width, hidden]`` (DBRX's ``w1``/``v1``/``w2``)."""
     n = getattr(module, "num_experts", None)
-    up = getattr(module, "gate_up_proj", None)
-    if up is None:
-        up = getattr(module, "up_proj", None)
-    down = getattr(module, "down_proj", None)
-    return (isinstance(n, int) and isinstance(up, nn.Parameter) and isinstance(down, nn.Parameter)
-            and up.dim() == 3 and down.dim() == 3 and up.shape[0] == n and down.shape[0] == n)
+    params = _expert_params(module)
+    if not isinstance(n, int) or n < 1 or isinstance(module, nn.ModuleList):
+        return False
+    leaves = {k.rsplit(".", 1)[-1] for k in params}
+    if not leaves & set(_OUT_OF) or not leaves & set(_INTO):
+        return False
+    return all((p.dim() == 3 and p.shape[0] == n) or (p.dim() == 2 and p.shape[0] % n == 0 and p.shape[0] > n)
+               for p in params.values())
 
 
 def router_params(layer: nn.Module) -> dict[str, str]:
@@ -92,8 +108,22 @@ def router_params(layer: nn.Module) -> dict[str, str]:
     return out
 
 
+def fused_expert_param_names(experts: nn.Module) -> list[str]:
+    """Names (in the experts module) of its expert weight tensors."""
+    return list(_expert_params(experts))
+
+
 def fused_experts_modules(layer: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in layer.named_modules() if is_fused_experts(m)}
+
+
+def expert_bias_params(layer: nn.Module) -> set[str]:
+    """Names (in the block) of the fused experts' bias tensors (``gate_up_proj_bias [E, 2I]`` ...): not weight
+    matrices; they stay as they are and are listed as kept."""
+    out = set()
+    for name, experts in fused_experts_modules(layer).items():
+        out |= {f"{name}.{n}" for n, p in experts.named_parameters() if n.endswith("bias") and p.dim() >= 2}
+    return out
 
 
 def expert_index(name: str) -> int | None:
@@ -103,6 +133,136 @@ def expert_index(name: str) -> int | None:
         if part == "experts" and parts[i + 1].isdigit():
             return int(parts[i + 1])
     return None
+
+
+# --------------------------------------------------------------------------- layouts, read from the module
+
+
+@dataclass
+class ExpertLayout:
+    """How a fused-experts module stores its experts, decided from its shapes against the hidden size and checked
+    against its own forward on a probe input (:func:`expert_layout`)."""
+
+    params: dict[str, tuple[str, bool]]  # part (gate_up | gate | up | down) -> (parameter name, stored [in, out])
+    hidden: int
+    interleaved: bool  # gate_up rows [g0, u0, g1, u1, ...] instead of [gate; up]
+    call: str  # "routed": forward(hidden, top_k_index, top_k_weights); "batched": forward(hidden [E * T, H])
+    call_names: tuple[str, ...]  # the module's forward parameter names (keyword calls)
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _hidden_size(experts: nn.Module) -> int | None:
+    for holder in (experts, getattr(experts, "config", None)):
+        for attr in ("hidden_size", "hidden_dim", "d_model"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _stored_in_out(shape: tuple[int, int], hidden: int, into_expert: bool) -> bool | None:
+    """Whether one expert's matrix of ``shape`` is stored [in, out] (True) or [out, in] (False); None if the
+    shape cannot tell (both or neither axis of the hidden size)."""
+    a, b = shape
+    hidden_axis = [a == hidden, b == hidden]
+    if hidden_axis[0] == hidden_axis[1]:
+        return None
+    # into the expert: the input axis is the hidden one; out of it (down): the output axis is
+    return hidden_axis[0] if into_expert else hidden_axis[1]
+
+
+def _per_expert_shape(p: torch.Tensor, n: int, hidden: int) -> tuple[int, int]:
+    return tuple(p.shape[1:]) if p.dim() == 3 else (p.shape[0] // n, p.shape[1])
+
+
+def _structure(experts: nn.Module, name: str) -> ExpertLayout:
+    from kick_models.compress.config import UnsupportedModelError
+
+    n = experts.num_experts
+    hidden = _hidden_size(experts)
+    params = _expert_params(experts)
+    if hidden is None:
+        raise UnsupportedModelError(f"fused experts {name} ({type(experts).__name__}): no hidden_size on the module "
+                                    f"or its config, so the axes of {', '.join(params)} cannot be told apart.")
+    parts: dict[str, tuple[str, bool | None]] = {}
+    for pname, p in params.items():
+        leaf = pname.rsplit(".", 1)[-1]
+        part = "down" if leaf in _OUT_OF else _INTO[leaf]
+        parts[part] = (pname, _stored_in_out(_per_expert_shape(p, n, hidden), hidden, part != "down"))
+    known = {t for _, t in parts.values() if t is not None}
+    flag = getattr(experts, "is_transposed", None)
+    fill = flag if isinstance(flag, bool) else known.pop() if len(known) == 1 else None
+    undecided = [pname for pname, t in parts.values() if t is None]
+    if undecided and fill is None:
+        shapes = ", ".join(f"{k} {tuple(p.shape)}" for k, p in params.items())
+        raise UnsupportedModelError(
+            f"fused experts {name} ({type(experts).__name__}): {shapes} with hidden size {hidden}: the expert width "
+            f"equals the hidden size, so [E, in, out] cannot be told from [E, out, in] for {', '.join(undecided)} "
+            f"(expected exactly one axis of each expert matrix to be the hidden size). Refused before calibration.")
+    import inspect
+
+    names = tuple(k for k, v in inspect.signature(type(experts).forward).parameters.items()
+                  if k != "self" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.POSITIONAL_ONLY))
+    if len(names) == 1:
+        call = "batched"
+    elif len(names) >= 3:
+        call = "routed"
+    else:
+        raise UnsupportedModelError(f"fused experts {name}: forward({', '.join(names)}) is neither "
+                                    f"(hidden_states, top_k_index, top_k_weights) nor (hidden_states).")
+    concatenated = getattr(experts, "is_concatenated", True)
+    return ExpertLayout({part: (pname, fill if t is None else t) for part, (pname, t) in parts.items()}, hidden,
+                        not concatenated, call, names)
+
+
+def expert_layout(experts: nn.Module, name: str) -> ExpertLayout:
+    """The module's layout: shapes against the hidden size decide the orientation; when its weights are real, its
+    own forward on a probe input must equal kick's per-expert reading (gate/up interleaving is chosen by it),
+    else :class:`~kick_models.compress.config.UnsupportedModelError` naming the module."""
+    from kick_models.compress.config import UnsupportedModelError
+
+    cached = _LAYOUTS.get(experts)
+    if cached is not None:
+        return cached
+    layout = _structure(experts, name)
+    weights = [p for p in experts.parameters()]
+    if any(p.device.type == "meta" for p in weights):
+        return layout  # structure only (offloaded / not materialised): probed when the block is on a device
+    candidates = [layout]
+    if "gate_up" in layout.params:
+        candidates.append(ExpertLayout(layout.params, layout.hidden, not layout.interleaved, layout.call,
+                                       layout.call_names))
+    for candidate in candidates:
+        if _probe(experts, name, candidate):
+            _LAYOUTS[experts] = candidate
+            return candidate
+    raise UnsupportedModelError(
+        f"fused experts {name} ({type(experts).__name__}): kick's per-expert reading of "
+        f"{', '.join(f'{p} as [E, in, out]' if t else f'{p} as [E, out, in]' for p, t in layout.params.values())} "
+        f"(gate/up concatenated or interleaved) does not reproduce the module's own forward on a probe input; "
+        f"kick cannot prove this layout, so it is refused.")
+
+
+@torch.no_grad()
+def _probe(experts: nn.Module, name: str, layout: ExpertLayout) -> bool:
+    weight = next(experts.parameters())
+    n, hidden = experts.num_experts, layout.hidden
+    g = torch.Generator().manual_seed(0)
+    if layout.call == "batched":
+        args: tuple = (torch.randn(n * 3, hidden, generator=g).to(weight),)
+    else:
+        tokens, k = 6, min(2, n)
+        index = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(tokens)]).to(weight.device)
+        args = (torch.randn(tokens, hidden, generator=g).to(weight), index, torch.rand(tokens, k, generator=g).to(weight))
+    want = experts.forward(*args)
+    got = _unfused_forward(experts, expert_linears(experts, "", layout), "", "routed", layout)(*args)
+    want = want[0] if isinstance(want, tuple) else want
+    if want.numel() != got.numel():
+        return False
+    want, got = want.reshape(-1, hidden).float(), got.reshape(-1, hidden).float()
+    return bool(torch.allclose(got, want, rtol=1e-3, atol=1e-5 * (1 + float(want.abs().max()))))
 
 
 # --------------------------------------------------------------------------- per-expert views
@@ -123,42 +283,33 @@ class ExpertLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-def _slice(param: torch.Tensor, e: int, rows: slice, transposed: bool, interleaved_rows: slice | None = None) -> torch.Tensor:
-    """Expert ``e``'s [out, in] view of a fused parameter (``[E, out, in]``, or ``[E, in, out]`` if transposed)."""
-    w = param.data[e]
-    w = w.t() if transposed else w
-    return w[interleaved_rows] if interleaved_rows is not None else w[rows]
+def _expert_matrix(p: torch.Tensor, e: int, n: int, stored_in_out: bool) -> torch.Tensor:
+    """Expert ``e``'s [out, in] view of a fused (3-D) or stacked (2-D ``[E * k, .]``) parameter."""
+    w = p.data[e] if p.dim() == 3 else p.data.view(n, -1, p.shape[-1])[e]
+    return w.t() if stored_in_out else w
 
 
-def expert_linears(experts: nn.Module, prefix: str) -> dict[str, ExpertLinear]:
+def expert_linears(experts: nn.Module, prefix: str, layout: ExpertLayout | None = None) -> dict[str, ExpertLinear]:
     """``{"<prefix>.<e>.gate_proj" | ".up_proj" | ".down_proj": ExpertLinear}`` viewing the fused tensors."""
-    transposed = bool(getattr(experts, "is_transposed", False))
-    concatenated = bool(getattr(experts, "is_concatenated", True))
-    has_gate = bool(getattr(experts, "has_gate", hasattr(experts, "gate_up_proj")))
-    has_bias = bool(getattr(experts, "has_bias", False))
+    layout = layout or expert_layout(experts, prefix)
+    n = experts.num_experts
+    params = dict(experts.named_parameters())
+    sep = "." if prefix else ""
     out: dict[str, ExpertLinear] = {}
-    up_name = "gate_up_proj" if has_gate else "up_proj"
-    up = getattr(experts, up_name)
-    down = experts.down_proj
-    up_bias = getattr(experts, up_name + "_bias", None) if has_bias else None
-    down_bias = getattr(experts, "down_proj_bias", None) if has_bias else None
-    rows_total = up.shape[2] if transposed else up.shape[1]
-    half = rows_total // 2
-    for e in range(experts.num_experts):
-        if has_gate:
-            if concatenated:
-                parts = {"gate_proj": (slice(0, half), None), "up_proj": (slice(half, rows_total), None)}
-            else:  # interleaved [g0, u0, g1, u1, ...]
-                parts = {"gate_proj": (None, slice(0, None, 2)), "up_proj": (None, slice(1, None, 2))}
-            for part, (rows, inter) in parts.items():
-                w = _slice(up, e, rows, transposed, inter)
-                b = None if up_bias is None else (up_bias.data[e][inter] if inter is not None else up_bias.data[e][rows])
-                out[f"{prefix}.{e}.{part}"] = ExpertLinear(w, b, f"{prefix}.{up_name}")
-        else:
-            w = _slice(up, e, slice(None), transposed)
-            out[f"{prefix}.{e}.up_proj"] = ExpertLinear(w, None if up_bias is None else up_bias.data[e], f"{prefix}.{up_name}")
-        w = _slice(down, e, slice(None), transposed)
-        out[f"{prefix}.{e}.down_proj"] = ExpertLinear(w, None if down_bias is None else down_bias.data[e], f"{prefix}.down_proj")
+    for e in range(n):
+        for part, (pname, stored_in_out) in layout.params.items():
+            w = _expert_matrix(params[pname], e, n, stored_in_out)
+            bias = params.get(pname + "_bias")
+            b = bias.data[e] if bias is not None and bias.dim() == 2 else None
+            where = f"{prefix}{sep}{pname}"
+            if part == "gate_up":
+                half = w.shape[0] // 2
+                rows = ((slice(0, None, 2), slice(1, None, 2)) if layout.interleaved
+                        else (slice(0, half), slice(half, None)))
+                for sub, r in zip(("gate_proj", "up_proj"), rows):
+                    out[f"{prefix}{sep}{e}.{sub}"] = ExpertLinear(w[r], None if b is None else b[r], where)
+            else:
+                out[f"{prefix}{sep}{e}.{part}_proj"] = ExpertLinear(w, b, where)
     return out
 
 
@@ -170,38 +321,59 @@ def expert_views(layer: nn.Module) -> dict[str, ExpertLinear]:
     return views
 
 
-def _unfused_forward(experts: nn.Module, linears: dict[str, ExpertLinear], prefix: str, policy: str):
-    concatenated = bool(getattr(experts, "is_concatenated", True))
-    has_gate = bool(getattr(experts, "has_gate", hasattr(experts, "gate_up_proj")))
+def _activation(experts: nn.Module):
+    for holder in (experts, *experts.children()):
+        for attr in ("act_fn", "activation_fn"):
+            if callable(getattr(holder, attr, None)):
+                return getattr(holder, attr)
+    return F.silu
+
+
+def _unfused_forward(experts: nn.Module, linears: dict[str, ExpertLinear], prefix: str, policy: str,
+                     layout: ExpertLayout | None = None):
+    layout = layout or expert_layout(experts, prefix)
+    sep = "." if prefix else ""
+    gated = "gate_up" in layout.params or "gate" in layout.params
+    act = _activation(experts)
 
     def mlp(e: int, x: torch.Tensor) -> torch.Tensor:
-        if has_gate:
-            g, u = linears[f"{prefix}.{e}.gate_proj"](x), linears[f"{prefix}.{e}.up_proj"](x)
-            gate_up = torch.cat([g, u], dim=-1) if concatenated else torch.stack([g, u], dim=-1).flatten(-2)
-            h = experts._apply_gate(gate_up) if hasattr(experts, "_apply_gate") else experts.act_fn(g) * u
+        if gated:
+            g, u = linears[f"{prefix}{sep}{e}.gate_proj"](x), linears[f"{prefix}{sep}{e}.up_proj"](x)
+            if hasattr(experts, "_apply_gate"):
+                gate_up = torch.stack([g, u], dim=-1).flatten(-2) if layout.interleaved else torch.cat([g, u], dim=-1)
+                h = experts._apply_gate(gate_up)
+            else:
+                h = act(g) * u
         else:
-            h = experts.act_fn(linears[f"{prefix}.{e}.up_proj"](x))
-        h = linears[f"{prefix}.{e}.down_proj"](h)
+            h = act(linears[f"{prefix}{sep}{e}.up_proj"](x))
+        h = linears[f"{prefix}{sep}{e}.down_proj"](h)
         if getattr(experts, "has_post_expert_norm", False):
             h = experts.post_expert_norm(h)
         return h
 
-    def forward(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, *args: Any,
-                **kwargs: Any) -> torch.Tensor:
-        final = torch.zeros_like(hidden_states)
+    def batched(*args: Any, **kwargs: Any) -> torch.Tensor:
+        hidden_states = args[0] if args else kwargs[layout.call_names[0]]
+        per_expert = hidden_states.reshape(experts.num_experts, -1, hidden_states.shape[-1])
+        return torch.cat([mlp(e, per_expert[e]) for e in range(experts.num_experts)]).view(hidden_states.shape)
+
+    def routed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        values = list(args) + [kwargs[k] for k in layout.call_names[len(args):3] if k in kwargs]
+        hidden_states, top_k_index, top_k_weights = values[:3]
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        final = torch.zeros_like(flat)
         for e in range(experts.num_experts):
             token_idx, top_k_pos = torch.where(top_k_index == e)
             if policy == "all":
-                out = mlp(e, hidden_states)[token_idx]  # statistics from every token, output from the routed ones
+                out = mlp(e, flat)[token_idx]  # statistics from every token, output from the routed ones
             elif token_idx.numel():
-                out = mlp(e, hidden_states[token_idx])
+                out = mlp(e, flat[token_idx])
             else:
                 continue
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
-        return final
+        return final.view(hidden_states.shape)
 
-    return forward
+    return batched if layout.call == "batched" else routed
 
 
 @contextlib.contextmanager
@@ -216,10 +388,11 @@ def calibration_view(layer: nn.Module, policy: str = "all") -> Iterator[dict[str
     handles: list[Any] = []
     try:
         for name, experts in fused_experts_modules(layer).items():
-            linears = expert_linears(experts, name)
+            layout = expert_layout(experts, name)  # probed here at the latest (the block is on its device)
+            linears = expert_linears(experts, name, layout)
             views.update(linears)
             restore.append((experts, experts.__dict__.get("forward")))
-            experts.forward = _unfused_forward(experts, linears, name, policy)
+            experts.forward = _unfused_forward(experts, linears, name, policy, layout)
         if policy == "all":
             for name, block in layer.named_modules():
                 if is_moe_block(block) and isinstance(block.experts, nn.ModuleList):

@@ -17,7 +17,7 @@ class CompressionReport:
     seconds: float = 0.0  # wall time of compression (excluding model load)
     calibration_fingerprint: str | None = None
     # one record per >= 2-D parameter the decoder blocks hold, measured from its values after compression:
-    # {"name", "block", "role": compressed | router | uncovered, "numel", "zeros", "dtype_bits"}
+    # {"name", "block", "role": compressed | router | bias | unused | uncovered, "numel", "zeros", "dtype_bits"}
     weights: list[dict] = field(default_factory=list)
 
     def _weights_or_layers(self) -> list:
@@ -74,6 +74,9 @@ class CompressionReport:
         total = sum(w["numel"] for w in self.weights)
         done = sum(w["numel"] for w in self.weights if w["role"] == "compressed")
         reasons = {"router": "router (kept dense, as in llm-compressor's ignore lists)",
+                   "bias": "expert bias (not a weight matrix; kept as it is)",
+                   "unused": "no calibration input reached its module (the model reads the weight directly); "
+                             "kept as it is",
                    "uncovered": "no compression handler for this weight (allow_partial=true)"}
         kept = {w["name"]: reasons[w["role"]] for w in self.weights if w["role"] != "compressed"}
         return {"compressed_fraction": done / total if total else 0.0, "n_block_weights": len(self.weights),

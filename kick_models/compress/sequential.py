@@ -4,15 +4,21 @@
 2. Capture, per calibration batch, the hidden states entering layer 0 and the positional and
    keyword arguments EVERY layer receives (attention mask, position ids, rotary
    ``position_embeddings``, cache position ...). Each layer's ``forward`` is temporarily replaced
-   by a recorder that returns its input unchanged, and the forward pass stops at the last layer
-   (so ``lm_head`` never runs). Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window
-   layers a different mask (and Gemma 3 different rotary embeddings) than global ones.
+   by a recorder; layer 0 runs for real (the model's own block-0 output is kept, and its structure,
+   tensor or tuple of any length, is what every later recorder hands back, so the model's own
+   unpacking works), and the forward pass stops at the last layer (so ``lm_head`` never runs).
+   Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window layers a different mask (and
+   Gemma 3 different rotary embeddings) than global ones. Arguments that are elements of the previous
+   layer's output tuple (GLM-DSA's ``prev_topk_indices``) are found by identity (:class:`LayerContract`).
+   Before block 0 is compressed, its captured inputs are replayed through the dense block: the result
+   must equal the model's own block-0 output, else the run is refused naming the block.
 3. For each layer: move it to the compute device, hook every compression target
    (:mod:`kick_models.compress.targets`: ``nn.Linear`` minus MoE routers, GPT-2 ``Conv1D``, and the
    per-expert views of fused MoE experts from :func:`kick_models.compress.moe.calibration_view`;
    forward hooks feed the algorithm's ``add_batch``; targets fed the same input tensor, such as
    q/k/v, share ONE accumulation), run all batches, compress every target, free the statistics,
-   re-run the compressed layer (its own forward) to produce the next layer's inputs, measure every
+   re-run the compressed layer (its own forward) to produce the next layer's inputs (the hidden
+   states and the carried elements of its output tuple), measure every
    >= 2-D weight of the block (:func:`kick_models.compress.targets.measure_block`), move it back.
 
 Algorithms without calibration (magnitude, RTN) skip steps 2-3's forward passes entirely.
@@ -25,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +40,7 @@ from torch import nn
 from kick_models.compress import memory, placement
 from kick_models.compress import moe
 from kick_models.compress.base import LayerCompressor, LayerStats
+from kick_models.compress.config import UnsupportedModelError
 from kick_models.compress.targets import Target, block_roles, block_targets, measure_block
 
 logger = logging.getLogger(__name__)
@@ -70,7 +78,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         layers = _get_path(model, path)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             return path, layers
-    raise ValueError(
+    raise UnsupportedModelError(
         f"Cannot find the decoder layers of {type(model).__name__}: none of {', '.join(LAYER_PATHS)} is a "
         f"non-empty nn.ModuleList. Add the path to kick_models.compress.sequential.LAYER_PATHS."
     )
@@ -127,18 +135,64 @@ def _dedup(value: Any, pool: list[torch.Tensor]) -> Any:
     return value
 
 
+@dataclass
+class LayerContract:
+    """What the decoder layers return to the model, read from layer 0's real forward during the capture.
+
+    ``outputs0[b]``: the model's own block-0 output for batch ``b`` (tensor or tuple, as the layer returned it);
+    ``carried``: ``{positional index (int) | keyword (str): output index}`` for each argument a layer receives
+    that is an element of the previous layer's output tuple (GLM-DSA's ``prev_topk_indices``): the replay hands
+    each block the COMPRESSED previous block's values of those, as the model would.
+    """
+
+    outputs0: list[Any] = field(default_factory=list)
+    carried: dict[int | str, int] = field(default_factory=dict)
+
+
+def _carried_args(output: Any, rest: tuple, kwargs: dict) -> dict[int | str, int]:
+    """Arguments (positional index or keyword) that ARE (identity) a tensor of the previous layer's output tuple."""
+    if not isinstance(output, (tuple, list)):
+        return {}
+    found: dict[int | str, int] = {}
+    for k, element in enumerate(output[1:], start=1):
+        if not isinstance(element, torch.Tensor):
+            continue
+        for j, value in enumerate(rest):
+            if value is element:
+                found[j] = k
+        for name, value in kwargs.items():
+            if value is element:
+                found[name] = k
+    return found
+
+
+def _as_layer_output(template: Any, hidden: torch.Tensor) -> Any:
+    """``hidden`` in the structure the real layer returns (``template``: layer 0's output for this batch)."""
+    if isinstance(template, (tuple, list)):
+        return type(template)([hidden, *template[1:]])
+    return hidden
+
+
 @torch.no_grad()
 def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, batches: Sequence[torch.Tensor],
-                   device: torch.device) -> tuple[list[torch.Tensor], list[list[_Call]]]:
-    """Hidden states entering layer 0 per batch, and ``calls[layer][batch]`` = the other args each layer gets."""
+                   device: torch.device, contract: LayerContract | None = None
+                   ) -> tuple[list[torch.Tensor], list[list[_Call]]]:
+    """Hidden states entering layer 0 per batch, and ``calls[layer][batch]`` = the other args each layer gets.
+
+    Layer 0 runs for real (its output, the model's own, goes into ``contract.outputs0``); every later layer
+    records its arguments and hands back its input in the structure layer 0 returned, so the model's own
+    unpacking of the layers' outputs works (``hidden, topk = layer(...)``). Arguments that are elements of
+    the previous layer's output tuple are recorded in ``contract.carried``. Raises
+    :class:`UnsupportedModelError` when the model changes the hidden states between layers 0 and 1 (the
+    layer-by-layer replay could not reproduce the model's forward)."""
+    contract = contract if contract is not None else LayerContract()
     hidden_per_batch: list[torch.Tensor] = []
     calls: list[list[_Call]] = [[] for _ in layers]
     pool: list[torch.Tensor] = []
     last = len(layers) - 1
     saved = [layer.__dict__.get("forward") for layer in layers]
-    # transformers 4.x Gemma 2/3, Qwen2-MoE, OPT ... take ``layer_outputs[0]``: once layer 1 receives a
-    # tensor with one dimension fewer than layer 0's input, the recorders return tuples instead.
-    as_tuple = [False]
+    real_forward0 = layers[0].forward  # bound: the class forward, or accelerate's dispatching wrapper
+    returned: list[Any] = [None]  # what the previous layer handed back in this batch
 
     def recorder(index: int) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -146,14 +200,24 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
                 hidden, rest = args[0], args[1:]
             else:
                 hidden, rest = kwargs.pop("hidden_states"), ()
+            if index > 0:
+                contract.carried.update(_carried_args(returned[0], rest, kwargs))
+            if index == 1:
+                own = _layer_output(returned[0])
+                if own.shape != hidden.shape or not torch.equal(own.to(hidden.device), hidden):
+                    raise UnsupportedModelError(
+                        f"{type(model).__name__}: the hidden states entering {layers_path}.1 are not the output of "
+                        f"{layers_path}.0 (the model changes them between decoder layers), so a layer-by-layer "
+                        f"calibration replay cannot reproduce the model's forward; calibration-based methods are "
+                        f"refused for it (magnitude and RTN need no replay).")
             calls[index].append((_dedup(rest, pool), {k: _dedup(v, pool) for k, v in kwargs.items()}))
             if index == 0:
                 hidden_per_batch.append(hidden.detach())
+                contract.outputs0.append(real_forward0(hidden, *rest, **kwargs))
             if index == last:
                 raise _StopForward
-            if index > 0 and hidden.dim() < hidden_per_batch[-1].dim():
-                as_tuple[0] = True
-            return (hidden_per_batch[-1],) if as_tuple[0] else hidden
+            returned[0] = contract.outputs0[-1] if index == 0 else _as_layer_output(contract.outputs0[-1], hidden)
+            return returned[0]
 
         return forward
 
@@ -182,19 +246,69 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
         if len(per_layer) != len(batches):
             raise RuntimeError(f"decoder layer {index} was called {len(per_layer)} times for {len(batches)} batches")
     if dispatched:
-        hidden_per_batch, calls = placement.send((hidden_per_batch, calls), device)
+        hidden_per_batch, calls, contract.outputs0 = placement.send((hidden_per_batch, calls, contract.outputs0), device)
     return hidden_per_batch, calls
 
 
 # --------------------------------------------------------------------------- per-layer work
 
 
+def _run_layer(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call],
+               carried: dict[int | str, int] | None = None, next_calls: list[_Call] | None = None) -> list[torch.Tensor]:
+    """The layer's output hidden states per batch; with ``carried``, the elements of its output tuple that the
+    model hands to the next layer replace those arguments in ``next_calls`` (in place)."""
+    hidden = []
+    for b, (x, (rest, kwargs)) in enumerate(zip(inps, calls)):
+        out = layer(x, *rest, **kwargs)
+        hidden.append(_layer_output(out))
+        if carried and next_calls:
+            next_rest, next_kwargs = list(next_calls[b][0]), dict(next_calls[b][1])
+            for key, k in carried.items():
+                if isinstance(key, int):
+                    next_rest[key] = out[k]
+                else:
+                    next_kwargs[key] = out[k]
+            next_calls[b] = (tuple(next_rest), next_kwargs)
+    return hidden
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if not a.is_floating_point():
+            return torch.equal(a, b.to(a.device))
+        return torch.allclose(a.float(), b.float().to(a.device), rtol=1e-4, atol=1e-6)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return (a is None) == (b is None)
+
+
+def verify_replay(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call], contract: LayerContract,
+                  prefix: str) -> None:
+    """The captured block-0 inputs replayed through the dense block must give the model's own block-0 outputs
+    (every element of the output tuple); otherwise :class:`UnsupportedModelError` naming the block."""
+    for b, (x, (rest, kwargs)) in enumerate(zip(inps, calls)):
+        own = contract.outputs0[b]
+        got = layer(x, *rest, **kwargs)
+        if not _close(got, own):
+            raise UnsupportedModelError(
+                f"{prefix}: replaying the captured inputs of calibration batch {b} through the dense block does not "
+                f"reproduce the model's own output of this block (expected {_describe(own)}, got {_describe(got)}); "
+                f"a calibration on such a replay would be silently wrong, so it is refused.")
+    contract.outputs0.clear()
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"tensor {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return f"{type(out).__name__} of ({', '.join(_describe(x) for x in out)})"
+    return type(out).__name__
+
+
 def _layer_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _run_layer(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call]) -> list[torch.Tensor]:
-    return [_layer_output(layer(x, *rest, **kwargs)) for x, (rest, kwargs) in zip(inps, calls)]
 
 
 def _true_sequential_groups(layer: nn.Module, linears: dict[str, nn.Linear], inp: torch.Tensor, call: _Call) -> list[list[str]]:
@@ -239,7 +353,9 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
     accumulation per Linear. Returns ``{follower: leader}``.
 
     ``tokens`` (if given) receives the number of calibration tokens (input rows) each hooked module saw.
-    Modules in ``may_idle`` (MoE experts under ``moe_calibration=routed``) may see none.
+    Modules in ``may_idle`` (MoE experts under ``moe_calibration=routed``) may see none; any other that sees
+    none (a weight the model reads directly, e.g. Mamba's ``dt_proj`` on transformers' CPU path) is left to the
+    caller (:func:`_unused_targets`).
     """
     counts = dict.fromkeys(compressors, 0)
     leader_of: dict[str, str] = {}
@@ -280,13 +396,21 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
         seen.clear()
         for h in handles:
             h.remove()
-    idle = [f"{prefix}.{n}" for n, c in counts.items() if c == 0 and n not in may_idle]
-    if idle:
-        raise RuntimeError(f"Linear(s) {', '.join(idle)} received no calibration inputs in the layer's forward pass; "
-                           f"they cannot be compressed with a calibration-based method.")
     for follower, leader in leader_of.items():
         compressors[follower].share_statistics_from(compressors[leader])
     return leader_of
+
+
+def _unused_targets(compressors: dict[str, LayerCompressor], tokens: dict[str, int], may_idle: frozenset[str],
+                    prefix: str) -> list[str]:
+    """Targets whose module received no calibration input at all (the model reads their weight directly): a
+    calibration-based method has no statistics for them, so they stay as they are and are listed as kept."""
+    unused = [n for n in compressors if tokens.get(n, 0) == 0 and n not in may_idle]
+    if unused:
+        logger.warning("%s: %s received no calibration input (the model uses the weight without calling the "
+                       "module); kept as it is and listed as kept in the report", prefix,
+                       ", ".join(f"{prefix}.{n}" for n in unused))
+    return unused
 
 
 def layer_targets(layer: nn.Module) -> dict[str, Target]:
@@ -336,6 +460,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
     stats: list[LayerStats] = []
     inps: list[torch.Tensor] = []
     calls: list[list[_Call]] = []
+    contract = LayerContract()
     if needs_calibration:
         if tokens is None:
             raise ValueError("this method needs calibration tokens")
@@ -345,7 +470,8 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
         while True:
             batches = list(torch.split(tokens, batch_size))
             try:
-                inps, calls = capture_inputs(model, layers, layers_path, batches, device)
+                contract = LayerContract()
+                inps, calls = capture_inputs(model, layers, layers_path, batches, device, contract)
                 break
             except torch.OutOfMemoryError:  # CUDA ran out: half the batch (nothing was changed yet)
                 if batch_size == 1:
@@ -369,7 +495,10 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             if needs_calibration and layer_device != device:
                 inps, calls[index] = placement.send((inps, calls[index]), layer_device)
             block.enter_context(placement.onloaded(layer, layer_device, root=model, prefix=prefix))
+            if needs_calibration and index == 0:
+                verify_replay(layer, inps, calls[0], contract, prefix)
             linears = linear_modules(layer)
+            unused: set[str] = set()  # parameters of targets no calibration input reached
             with moe.calibration_view(layer, moe_calibration) as views:
                 targets = block_targets(layer, linears, views)
                 hooked = {name: t.module for name, t in targets.items()}
@@ -397,6 +526,9 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                             inps, calls = memory.halve_batches(inps, calls, index, f"calibrating {prefix}", exc)
                     if needs_calibration:
                         _fill_idle_statistics({n: c for n, c in compressors.items() if n in may_idle}, seen, prefix)
+                        for name in _unused_targets(compressors, seen, may_idle, prefix):
+                            compressors.pop(name).free()
+                            unused.add(targets[name].param)
                     for name, comp in compressors.items():
                         s = comp.compress()
                         s.name, s.block, s.param = f"{prefix}.{name}", index, f"{prefix}.{targets[name].param}"
@@ -407,10 +539,12 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                         comp.free()
                     del compressors
             if block_weights is not None:
-                block_weights.extend(measure_block(layer, block_roles(layer, linears), prefix, index))
+                roles = block_roles(layer, linears)
+                roles.update(dict.fromkeys(unused, "unused"))
+                block_weights.extend(measure_block(layer, roles, prefix, index))
             while needs_calibration and index + 1 < len(layers):
                 try:
-                    inps = _run_layer(layer, inps, calls[index])
+                    inps = _run_layer(layer, inps, calls[index], contract.carried, calls[index + 1])
                     break
                 except torch.OutOfMemoryError as exc:
                     inps, calls = memory.halve_batches(inps, calls, index, f"running {prefix}", exc)

@@ -70,20 +70,22 @@ def covered_params(layer: nn.Module, linears: dict[str, nn.Linear]) -> set[str]:
     if conv1d is not None:
         names |= {f"{n}.weight" for n, m in layer.named_modules() if isinstance(m, conv1d)}
     for name, experts in moe.fused_experts_modules(layer).items():
-        up = "gate_up_proj" if hasattr(experts, "gate_up_proj") else "up_proj"
-        names |= {f"{name}.{up}", f"{name}.down_proj"}
+        names |= {f"{name}.{p}" for p in moe.fused_expert_param_names(experts)}
     return names
 
 
 def block_roles(layer: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, str]:
-    """``{parameter name: "compressed" | "router" | "uncovered"}`` for every >= 2-D parameter of the block."""
+    """``{parameter name: "compressed" | "router" | "bias" | "uncovered"}`` for every >= 2-D parameter of the
+    block (``bias``: fused experts' per-expert biases, not weight matrices: kept and listed, never refused)."""
     covered = covered_params(layer, linears)
     routers = moe.router_params(layer)
+    biases = moe.expert_bias_params(layer)
     roles = {}
     for name, p in layer.named_parameters():
         if p.dim() < 2:
             continue
-        roles[name] = "compressed" if name in covered else "router" if name in routers else "uncovered"
+        roles[name] = ("compressed" if name in covered else "router" if name in routers
+                       else "bias" if name in biases else "uncovered")
     return roles
 
 
