@@ -26,7 +26,7 @@ from kick_models.compress.magnitude import MagnitudePruner
 from kick_models.compress.nm import count_zeros
 from kick_models.compress.report import CompressionReport
 from kick_models.compress.rtn import RTNQuantizer
-from kick_models.compress.sequential import check_nm_widths, compress_layers, find_decoder_layers, layer_targets, linear_modules
+from kick_models.compress.sequential import check_expert_layouts, check_nm_widths, compress_layers, find_decoder_layers, layer_targets, linear_modules
 from kick_models.compress.sparsegpt import SparseGPTPruner
 from kick_models.compress.targets import block_roles, measure_block
 from kick_models.compress.wanda import WandaPruner
@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 
 #: Part of every compressed-weights cache key: bump it whenever an algorithm's output changes,
 #: so stale cache entries are never loaded.
-ALGORITHM_VERSION = "kick-compress-3"  # 2: reference "<= threshold" rule (SparseGPT, magnitude); 3: fused MoE
-# experts, Conv1D and every >= 2-D block weight measured (entries before 3 left MoE experts dense)
+ALGORITHM_VERSION = "kick-compress-4"  # 2: reference "<= threshold" rule (SparseGPT, magnitude); 3: fused MoE
+# experts, Conv1D and every >= 2-D block weight measured (entries before 3 left MoE experts dense); 4: layer
+# outputs carried as the model hands them on (GLM-DSA top-k), expert layouts read from the module (Llama 4,
+# DBRX experts and router), Linears no calibration input reaches kept
 
 ALGORITHMS = {
     "magnitude": MagnitudePruner,
@@ -128,6 +130,7 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     path, layers = find_decoder_layers(model)
     algorithm = ALGORITHMS[config.method]
     check_coverage(model, config)
+    check_expert_layouts(model)
     if isinstance(config, PruneConfig):
         if config.nm is not None:
             check_nm_widths(model, layers, path, config.nm[1])

@@ -25,7 +25,7 @@ VOCAB = 384
 _SHRINK = {
     "hidden_size": HIDDEN, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
     "head_dim": 16, "vocab_size": VOCAB, "max_position_embeddings": 256, "n_positions": 256,
-    "ffn_dim": 128, "n_inner": 128, "d_ff": 128, "ffn_hidden_size": 128, "decoder_ffn_dim": 128,
+    "ffn_dim": 128, "n_inner": 128, "d_ff": 128, "dff": 128, "inner_size": 128, "ffn_hidden_size": 128, "decoder_ffn_dim": 128,
     "encoder_ffn_dim": 128, "multi_query_group_num": 2, "kv_channels": 16,
     # experts
     "num_experts": EXPERTS, "num_local_experts": EXPERTS, "n_routed_experts": EXPERTS, "moe_num_experts": EXPERTS,
@@ -56,6 +56,8 @@ _FAMILY = {
 _MISSING_DEFAULTS = {"dbrx": {"attn_config": {"rope_theta": 10000.0}}}
 #: a family whose tiny build still holds more parameters than this is "not buildable tiny" (checked on meta)
 MAX_PARAMS = 8_000_000
+#: ... or a Linear wider than this (GPTQ's Hessian grows with the square of the input width)
+MAX_WIDTH = 1024
 
 
 def families() -> list[str]:
@@ -90,10 +92,22 @@ def shrink(config, n_layers: int = 2):
     for name, value in vars(config).copy().items():
         if isinstance(value, PretrainedConfig):
             shrink(value, n_layers)
+    default = {k: getattr(config, k, None) for k in ("num_key_value_heads", "num_attention_heads", "head_dim",
+                                                     "qk_rope_head_dim", "qk_nope_head_dim", "qk_head_dim")}
     for name, value in _SHRINK.items():
         if _has(config, name) and getattr(config, name, None) is not None:
             with contextlib.suppress(AttributeError):  # read-only properties
                 setattr(config, name, value)
+    # sizes the default ties together stay tied: multi-head (kv heads == heads), MLA's rope head == head_dim
+    tied = [("num_key_value_heads", "num_attention_heads"), ("head_dim", "qk_rope_head_dim")]
+    for a, b in tied:
+        if default[a] is not None and default[a] == default[b]:
+            with contextlib.suppress(AttributeError):
+                setattr(config, a, getattr(config, b))
+    if default["qk_head_dim"] is not None and default["qk_head_dim"] == (default["qk_nope_head_dim"] or 0) + (
+            default["qk_rope_head_dim"] or 0):
+        with contextlib.suppress(AttributeError):
+            config.qk_head_dim = config.qk_nope_head_dim + config.qk_rope_head_dim
     family = getattr(config, "model_type", "")
     for name, value in [*_FAMILY.get(family, {}).items(), *_MISSING_DEFAULTS.get(family, {}).items()]:
         current = getattr(config, name, None)
@@ -133,9 +147,14 @@ def shrunk_model(family: str, seed: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
-            n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config, dtype=torch.float32).parameters())
+            meta = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        n = sum(p.numel() for p in meta.parameters())
         if n > MAX_PARAMS:
             raise ValueError(f"still {n / 1e6:.1f}M parameters after shrinking (more than {MAX_PARAMS / 1e6:g}M)")
+        wide = [f"{name} (in_features {m.in_features})" for name, m in meta.named_modules()
+                if isinstance(m, torch.nn.Linear) and m.in_features > MAX_WIDTH and not name.endswith("lm_head")]
+        if wide:
+            raise ValueError(f"a size the shrink does not know stays large: {', '.join(wide[:2])}")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()

@@ -1,14 +1,19 @@
 """Mixture-of-experts blocks seen by the compressors: one weight matrix per expert, routers kept dense.
 
-Two layouts exist, both recognised from transformers' own structure (no family class names):
+Two layouts exist, both recognised from the modules themselves (no family class names):
 
-* **fused experts** (transformers 5.x): a module holding 3-D parameters ``gate_up_proj [E, 2I, H]``
-  (or ``up_proj`` when ``has_gate`` is false) and ``down_proj [E, H, I]``, with ``num_experts`` and
-  the layout flags that ``transformers.integrations.moe.use_experts_implementation`` sets
-  (``is_transposed``, ``is_concatenated``, ``has_bias``, ``has_gate``, ``has_post_expert_norm``).
-  :func:`unfused_experts` temporarily replaces its ``forward`` by an exactly-routed loop over
-  per-expert :class:`ExpertLinear` modules whose ``weight`` is a VIEW of the fused tensor (gate,
-  up and down slices of expert ``e``), so the driver hooks, compresses and frees them like any
+* **fused experts**: a module with ``num_experts`` holding one tensor per projection for all experts,
+  3-D ``[E, ., .]`` (``gate_up_proj`` / ``up_proj`` / ``gate_proj`` + ``down_proj``, transformers 5.x) or
+  2-D stacked ``[E * width, hidden]`` (DBRX's ``w1`` / ``v1`` / ``w2``). :func:`expert_layout` reads the
+  layout from the module: each expert matrix's orientation ([in, out] or [out, in]) from its shape against
+  the hidden size (projections into the expert read it, ``down`` writes it), the forward signature
+  (``(hidden, top_k_index, top_k_weights)`` or, as Llama 4, ``(hidden [E * T, H])``), and gate/up
+  concatenation vs interleaving; the module's own forward on a probe input must then equal kick's
+  per-expert reading, else the module is refused by name. An expert width equal to the hidden size with
+  no layout flag is refused before calibration. Biases (``gate_up_proj_bias [E, 2I]``) are not weight
+  matrices: they stay as they are and are listed as kept. :func:`calibration_view` temporarily replaces
+  the module's ``forward`` by an exactly-routed loop over per-expert :class:`ExpertLinear` modules whose
+  ``weight`` is a VIEW of the fused tensor, so the driver hooks, compresses and frees them like any
   ``nn.Linear`` and the compressed values land in the fused parameters in place.
 * **expert lists** (transformers 4.x): an ``experts`` ``nn.ModuleList`` of MLPs made of ``nn.Linear``;
   the driver already sees those Linears, routed exactly as the model routes them.

@@ -418,6 +418,16 @@ def layer_targets(layer: nn.Module) -> dict[str, Target]:
     return block_targets(layer, linear_modules(layer), moe.expert_views(layer))
 
 
+def check_expert_layouts(model: nn.Module) -> None:
+    """Read every fused-experts module's layout before any work (:func:`moe.expert_layout`: shapes, and the
+    module's own forward on a probe input where its weights are materialised); a layout kick cannot prove is
+    refused here, naming the module, before any weight changes."""
+    path, layers = find_decoder_layers(model)
+    for index, layer in enumerate(layers):
+        for name, experts in moe.fused_experts_modules(layer).items():
+            moe.expert_layout(experts, f"{path}.{index}.{name}")
+
+
 def check_nm_widths(model: nn.Module, layers: nn.ModuleList, layers_path: str, m: int) -> None:
     """Every compressed matrix needs an input width divisible by M for N:M sparsity (checked before any work)."""
     for index, layer in enumerate(layers):
