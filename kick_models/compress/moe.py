@@ -63,9 +63,9 @@ def _pause_statistics() -> Iterator[None]:
 
 
 def is_moe_block(module: nn.Module) -> bool:
-    """A module with an ``experts`` child (fused/stacked experts or an ``nn.ModuleList`` of expert MLPs)."""
-    experts = getattr(module, "experts", None)
-    return isinstance(experts, nn.Module) and (isinstance(experts, nn.ModuleList) or is_fused_experts(experts))
+    """A module with an ``experts`` child module (fused/stacked experts, an ``nn.ModuleList`` of expert MLPs, or
+    experts kick has no handler for: their router is still a router, never compressed as a plain Linear)."""
+    return isinstance(getattr(module, "experts", None), nn.Module)
 
 
 def is_router_name(child: str) -> bool:
@@ -80,7 +80,17 @@ _OUT_OF = ("down_proj", "w2")
 def _expert_params(module: nn.Module) -> dict[str, nn.Parameter]:
     """``{name: parameter}`` of the expert matrices a module holds (directly or in a child without experts of its
     own, as DBRX's ``experts.mlp``): names of :data:`_INTO` / :data:`_OUT_OF`."""
-    return {n: p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] in (*_INTO, *_OUT_OF)}
+    out = {}
+    for n, p in module.named_parameters():
+        path, _, leaf = n.rpartition(".")
+        if leaf not in (*_INTO, *_OUT_OF):
+            continue
+        # not inside a child that is an experts module of its own (an MoE block holding fused experts)
+        if path and any(isinstance(getattr(module.get_submodule(".".join(path.split(".")[:i + 1])), "num_experts", None),
+                                   int) for i in range(len(path.split(".")))):
+            continue
+        out[n] = p
+    return out
 
 
 def is_fused_experts(module: nn.Module) -> bool:
@@ -101,10 +111,10 @@ def router_params(layer: nn.Module) -> dict[str, str]:
     """``{parameter name in the block: reason}`` for every router weight (>= 2-D) of the block's MoE blocks."""
     out: dict[str, str] = {}
     for name, module in layer.named_modules():
-        if not is_moe_block(module):
-            continue
+        moe_block = is_moe_block(module)
         for child_name, child in module.named_children():
-            if not is_router_name(child_name):
+            # ``gate`` is a router only in an MoE block; a child named ``router`` always is
+            if not is_router_name(child_name) or not (moe_block or child_name.endswith("router")):
                 continue
             for pname, p in child.named_parameters():
                 if p.dim() >= 2:

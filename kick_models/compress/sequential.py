@@ -10,8 +10,8 @@
    Per-layer arguments matter: Gemma 2/3 and Qwen give sliding-window layers a different mask (and
    Gemma 3 different rotary embeddings) than global ones. Arguments that are elements of the previous
    layer's output tuple (GLM-DSA's ``prev_topk_indices``) are found by identity (:class:`LayerContract`).
-   Before block 0 is compressed, its captured inputs are replayed through the dense block: the result
-   must equal the model's own block-0 output, else the run is refused naming the block.
+   Block 0's first calibration pass (still dense) must reproduce the model's own block-0 output on
+   every batch, else the run is refused naming the block before any weight changes.
 3. For each layer: move it to the compute device, hook every compression target
    (:mod:`kick_models.compress.targets`: ``nn.Linear`` minus MoE routers, GPT-2 ``Conv1D``, and the
    per-expert views of fused MoE experts from :func:`kick_models.compress.moe.calibration_view`;
@@ -57,6 +57,10 @@ LAYER_PATHS = (
     "transformer.blocks",
     "model.model.layers",
 )
+
+
+class _SharingMismatch(RuntimeError):
+    """Targets shared an input tensor in the first calibration batch but not in a later one."""
 
 
 class _StopForward(Exception):
@@ -284,19 +288,14 @@ def _close(a: Any, b: Any) -> bool:
     return (a is None) == (b is None)
 
 
-def verify_replay(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call], contract: LayerContract,
-                  prefix: str) -> None:
-    """The captured block-0 inputs replayed through the dense block must give the model's own block-0 outputs
+def check_replayed(got: Any, own: Any, batch: int, prefix: str) -> None:
+    """The dense block's output on the captured inputs of ``batch`` must equal the model's own output of that block
     (every element of the output tuple); otherwise :class:`UnsupportedModelError` naming the block."""
-    for b, (x, (rest, kwargs)) in enumerate(zip(inps, calls)):
-        own = contract.outputs0[b]
-        got = layer(x, *rest, **kwargs)
-        if not _close(got, own):
-            raise UnsupportedModelError(
-                f"{prefix}: replaying the captured inputs of calibration batch {b} through the dense block does not "
-                f"reproduce the model's own output of this block (expected {_describe(own)}, got {_describe(got)}); "
-                f"a calibration on such a replay would be silently wrong, so it is refused.")
-    contract.outputs0.clear()
+    if not _close(got, own):
+        raise UnsupportedModelError(
+            f"{prefix}: replaying the captured inputs of calibration batch {batch} through the dense block does not "
+            f"reproduce the model's own output of this block (expected {_describe(own)}, got {_describe(got)}); "
+            f"a calibration on such a replay would be silently wrong, so it is refused.")
 
 
 def _describe(out: Any) -> str:
@@ -343,7 +342,8 @@ def _can_share(a: LayerCompressor, b: LayerCompressor) -> bool:
 
 def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears: dict[str, nn.Module],
              inps: Sequence[torch.Tensor], calls: Sequence[_Call], prefix: str, share_inputs: bool = True,
-             tokens: dict[str, int] | None = None, may_idle: frozenset[str] = frozenset()) -> dict[str, str]:
+             tokens: dict[str, int] | None = None, may_idle: frozenset[str] = frozenset(),
+             expected: list[Any] | None = None) -> dict[str, str]:
     """Run all batches through ``layer`` feeding the inputs of the hooked Linears to their compressors.
 
     With ``share_inputs``, Linears whose forward hooks receive the very same input tensor object in
@@ -352,7 +352,8 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
     (``share_statistics_from``). The arithmetic is the same, so the result is bit-identical to one
     accumulation per Linear. Returns ``{follower: leader}``.
 
-    ``tokens`` (if given) receives the number of calibration tokens (input rows) each hooked module saw.
+    ``expected`` (block 0, dense): the model's own outputs per batch, which this pass must reproduce
+    (:func:`check_replayed`). ``tokens`` (if given) receives the number of calibration tokens (input rows) each hooked module saw.
     Modules in ``may_idle`` (MoE experts under ``moe_calibration=routed``) may see none; any other that sees
     none (a weight the model reads directly, e.g. Mamba's ``dt_proj`` on transformers' CPU path) is left to the
     caller (:func:`_unused_targets`).
@@ -376,7 +377,7 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
                     leader_of[name] = leader
                 if name in leader_of:
                     if leader != leader_of[name]:
-                        raise RuntimeError(f"{prefix}.{name} received the same input as {prefix}.{leader_of[name]} in "
+                        raise _SharingMismatch(f"{prefix}.{name} received the same input as {prefix}.{leader_of[name]} in "
                                            f"the first calibration batch but not in a later one; cannot share "
                                            f"statistics (compress_layers(share_inputs=False) avoids this).")
                     return
@@ -388,9 +389,11 @@ def _collect(layer: nn.Module, compressors: dict[str, LayerCompressor], linears:
 
     handles = [linears[name].register_forward_hook(hook(name)) for name in compressors]
     try:
-        for x, (rest, kwargs) in zip(inps, calls):
+        for b, (x, (rest, kwargs)) in enumerate(zip(inps, calls)):
             seen.clear()
-            layer(x, *rest, **kwargs)
+            out = layer(x, *rest, **kwargs)
+            if expected is not None:  # the block is still dense: its output must be the model's own
+                check_replayed(out, expected[b], b, prefix)
             first[0] = False
     finally:
         seen.clear()
@@ -505,8 +508,6 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             if needs_calibration and layer_device != device:
                 inps, calls[index] = placement.send((inps, calls[index]), layer_device)
             block.enter_context(placement.onloaded(layer, layer_device, root=model, prefix=prefix))
-            if needs_calibration and index == 0:
-                verify_replay(layer, inps, calls[0], contract, prefix)
             linears = linear_modules(layer)
             unused: set[str] = set()  # parameters of targets no calibration input reached
             with moe.calibration_view(layer, moe_calibration) as views:
@@ -518,6 +519,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                 else:
                     groups = [list(targets)]
                 for group in groups:
+                    share = share_inputs
                     while True:  # once, or again with half the batch after a CUDA out-of-memory error
                         compressors = {name: make_compressor(targets[name]) for name in group}
                         for name, comp in compressors.items():
@@ -526,14 +528,25 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                         seen: dict[str, int] = {}
                         try:
                             if needs_calibration:
-                                _collect(layer, compressors, hooked, inps, calls[index], prefix, share_inputs, seen,
-                                         may_idle)
+                                _collect(layer, compressors, hooked, inps, calls[index], prefix, share, seen,
+                                         may_idle, contract.outputs0 or None)
+                                contract.outputs0 = []  # checked (block 0's first pass)
                             break
+                        except _SharingMismatch as exc:  # inputs shared only sometimes: one accumulation each
+                            logger.info("%s; collecting again without sharing", exc)
+                            for comp in compressors.values():
+                                comp.free()
+                            del compressors
+                            share = False
                         except torch.OutOfMemoryError as exc:
                             for comp in compressors.values():
                                 comp.free()
                             del compressors
-                            inps, calls = memory.halve_batches(inps, calls, index, f"calibrating {prefix}", exc)
+                            # block 0's own outputs (still to check) are split with the batches
+                            own = [[((o,), {}) for o in contract.outputs0]] if contract.outputs0 else []
+                            inps, calls = memory.halve_batches(inps, calls + own, index, f"calibrating {prefix}", exc)
+                            if own:
+                                contract.outputs0 = [call[0][0] for call in calls.pop()]
                     if needs_calibration:
                         _fill_idle_statistics({n: c for n, c in compressors.items() if n in may_idle}, seen, prefix)
                         for name in _unused_targets(compressors, seen, may_idle, prefix):
