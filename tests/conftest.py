@@ -60,3 +60,13 @@ def calib_txt(tmp_path):
     path = tmp_path / "calib.txt"
     path.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
     return str(path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The registry-wide family test's summary: built / compressed truly / refused (reasons) / not buildable."""
+    import sys
+
+    module = sys.modules.get("test_registry_families")
+    if module is not None and module.RESULTS:
+        for line in module.summary_lines():
+            terminalreporter.write_line(line)

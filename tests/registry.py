@@ -53,7 +53,8 @@ _FAMILY = {
     "bamba": {"mamba_n_heads": 8, "mamba_d_head": 16},
 }
 # transformers' own modeling code reads attributes its default config lacks (a transformers bug, not a shrink)
-_MISSING_DEFAULTS = {"dbrx": {"attn_config": {"rope_theta": 10000.0}}}
+# (DBRX: ``rope_theta`` is read but not defined; ``clip_qkv=None`` reaches ``torch.clamp``: 8 as in dbrx-instruct)
+_MISSING_DEFAULTS = {"dbrx": {"attn_config": {"rope_theta": 10000.0, "clip_qkv": 8.0}}}
 #: a family whose tiny build still holds more parameters than this is "not buildable tiny" (checked on meta)
 MAX_PARAMS = 8_000_000
 #: ... or a Linear wider than this (GPTQ's Hessian grows with the square of the input width)

@@ -263,16 +263,12 @@ def family_table() -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def registry_summary(request):
+def family_table_file():
+    """With ``KICK_FAMILY_TABLE=<path>``, the family table is written there (atomically) after the module's tests;
+    the summary lines are printed by ``pytest_terminal_summary`` in conftest.py."""
     yield
-    if not RESULTS:
-        return
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in summary_lines():
-        if reporter is not None:
-            reporter.write_line(line)
     target = os.environ.get("KICK_FAMILY_TABLE")
-    if target:
+    if target and RESULTS:
         tmp = f"{target}.tmp"
         with open(tmp, "w") as fh:
             fh.write(family_table())
