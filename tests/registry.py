@@ -72,18 +72,22 @@ def _has(config, name: str) -> bool:
 
 
 def _shrink_layer_types(config, n_layers: int) -> int:
-    """Keep one layer of each distinct type (in first-occurrence order), at least ``n_layers`` layers."""
-    types = getattr(config, "layer_types", None)
-    if not isinstance(types, (list, tuple)) or not types:
+    """Per-layer type lists (``layer_types``, ``mlp_layer_types``, ``indexer_types`` ...: lists of strings as long as
+    the model is deep) keep one layer of each distinct type, in first-occurrence order; return the new depth."""
+    depth = next((getattr(config, k, None) for k in ("num_hidden_layers", "n_layer", "num_layers")
+                  if isinstance(getattr(config, k, None), int)), None)
+    lists = {k: v for k, v in vars(config).items() if isinstance(v, list) and v and len(v) == depth
+             and all(isinstance(x, str) for x in v)}
+    if not lists:
         return n_layers
-    kept = list(dict.fromkeys(types))
-    while len(kept) < n_layers:
-        kept.append(types[len(kept) % len(types)])
-    try:
-        config.layer_types = kept
-    except AttributeError:  # derived from other attributes (a read-only property): the periods set them
-        return n_layers
-    return len(kept)
+    n = max(n_layers, *(len(dict.fromkeys(v)) for v in lists.values()))
+    for name, types in lists.items():
+        kept = list(dict.fromkeys(types))
+        while len(kept) < n:
+            kept.append(types[len(kept) % len(types)])
+        with contextlib.suppress(AttributeError):  # derived from other attributes (a read-only property)
+            setattr(config, name, kept)
+    return n
 
 
 def shrink(config, n_layers: int = 2):

@@ -197,6 +197,7 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
     saved = [layer.__dict__.get("forward") for layer in layers]
     real_forward0 = layers[0].forward  # bound: the class forward, or accelerate's dispatching wrapper
     returned: list[Any] = [None]  # what the previous layer handed back in this batch
+    own: list[Any] = [None]  # layer 0's real output in this batch
 
     def recorder(index: int) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -207,8 +208,8 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
             if index > 0:
                 contract.carried.update(_carried_args(returned[0], rest, kwargs))
             if index == 1:
-                own = _layer_output(returned[0])
-                if own.shape != hidden.shape or not torch.equal(own.to(hidden.device), hidden):
+                previous = _layer_output(returned[0])
+                if previous.shape != hidden.shape or not torch.equal(previous.to(hidden.device), hidden):
                     raise UnsupportedModelError(
                         f"{type(model).__name__}: the hidden states entering {layers_path}.1 are not the output of "
                         f"{layers_path}.0 (the model changes them between decoder layers), so a layer-by-layer "
@@ -217,10 +218,12 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
             calls[index].append((_dedup(rest, pool), {k: _dedup(v, pool) for k, v in kwargs.items()}))
             if index == 0:
                 hidden_per_batch.append(hidden.detach())
-                contract.outputs0.append(real_forward0(hidden, *rest, **kwargs))
+                own[0] = real_forward0(hidden, *rest, **kwargs)
+                # kept until block 0's first calibration pass checks it: in host memory, not on the accelerator
+                contract.outputs0.append(placement.send(own[0], torch.device("cpu")))
             if index == last:
                 raise _StopForward
-            returned[0] = contract.outputs0[-1] if index == 0 else _as_layer_output(contract.outputs0[-1], hidden)
+            returned[0] = own[0] if index == 0 else _as_layer_output(own[0], hidden)
             return returned[0]
 
         return forward
@@ -250,7 +253,7 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, layers_path: str, ba
         if len(per_layer) != len(batches):
             raise RuntimeError(f"decoder layer {index} was called {len(per_layer)} times for {len(batches)} batches")
     if dispatched:
-        hidden_per_batch, calls, contract.outputs0 = placement.send((hidden_per_batch, calls, contract.outputs0), device)
+        hidden_per_batch, calls = placement.send((hidden_per_batch, calls), device)
     return hidden_per_batch, calls
 
 
@@ -282,7 +285,13 @@ def _close(a: Any, b: Any) -> bool:
             return False
         if not a.is_floating_point():
             return torch.equal(a, b.to(a.device))
-        return torch.allclose(a.float(), b.float().to(a.device), rtol=1e-4, atol=1e-6)
+        # relative error of the whole tensor, within a few roundings of its dtype (bf16 kernels differ in order)
+        tol = max(1e-4, 4 * torch.finfo(a.dtype).eps)
+        a, b = a.float(), b.float().to(a.device)
+        if not torch.equal(torch.isfinite(a), torch.isfinite(b)):
+            return False
+        a, b = a.nan_to_num(), b.nan_to_num()
+        return float((a - b).norm()) <= tol * float(b.norm()) + 1e-6
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
     return (a is None) == (b is None)
