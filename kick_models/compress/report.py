@@ -75,8 +75,8 @@ class CompressionReport:
         done = sum(w["numel"] for w in self.weights if w["role"] == "compressed")
         reasons = {"router": "router (kept dense, as in llm-compressor's ignore lists)",
                    "bias": "expert bias (not a weight matrix; kept as it is)",
-                   "unused": "no calibration input reached its module (the model reads the weight directly); "
-                             "kept as it is",
+                   "unused": "no calibration input reached its module (the forward never calls it: unused, or "
+                             "its weight read directly); kept as it is",
                    "uncovered": "no compression handler for this weight (allow_partial=true)"}
         kept = {w["name"]: reasons[w["role"]] for w in self.weights if w["role"] != "compressed"}
         return {"compressed_fraction": done / total if total else 0.0, "n_block_weights": len(self.weights),
