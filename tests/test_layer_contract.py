@@ -46,7 +46,8 @@ def test_tuple_returning_layers_replay_the_models_own_block_outputs(family, n, o
         out0 = torch.cat(_run_layer(layers[0], inps, calls[0], contract.carried, calls[1]))
     assert torch.allclose(out0, own[1], atol=1e-5)
     real = contract.outputs0[0]
-    assert isinstance(real, tuple) and len(real) == 2  # what the layer really returns, kept as it is
+    # what the layer really returns, kept as it is (5.x: (hidden, topk) / (hidden, attn_weights); 4.x: (hidden,))
+    assert isinstance(real, tuple) and torch.equal(real[0], own[1][: real[0].shape[0]])
     if family == "glm_moe_dsa":  # the model hands layer 0's top-k indices to layer 1 (prev_topk_indices)
         assert "prev_topk_indices" in contract.carried
         assert calls[1][0][1]["prev_topk_indices"] is not None
@@ -133,6 +134,8 @@ def test_expert_layout_the_module_does_not_compute_is_refused(one_torch_thread):
     """Shapes decide the orientation, but the module's own forward must agree (here it multiplies differently)."""
     model = model_of("qwen3_moe")
     experts = model.model.layers[1].mlp.experts
+    if isinstance(experts, nn.ModuleList):
+        pytest.skip("this transformers stores experts as nn.Linear lists (no fused layout to read)")
     experts.forward = lambda hidden_states, top_k_index, top_k_weights: hidden_states  # not what the weights say
     type(experts)  # noqa: B018
     with pytest.raises(UnsupportedModelError, match=r"does not reproduce the module's own forward"):
