@@ -31,6 +31,7 @@ Calibration policy (``moe_calibration``):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kick_models.compress.compare import outputs_close
+from kick_models.compress.config import UnsupportedModelError
 
 MOE_POLICIES = ("all", "routed")
 
@@ -193,8 +197,6 @@ def _per_expert_shape(p: torch.Tensor, n: int, hidden: int) -> tuple[int, int]:
 
 
 def _structure(experts: nn.Module, name: str) -> ExpertLayout:
-    from kick_models.compress.config import UnsupportedModelError
-
     n = experts.num_experts
     hidden = _hidden_size(experts)
     params = _expert_params(experts)
@@ -216,7 +218,6 @@ def _structure(experts: nn.Module, name: str) -> ExpertLayout:
             f"fused experts {name} ({type(experts).__name__}): {shapes} with hidden size {hidden}: the expert width "
             f"equals the hidden size, so [E, in, out] cannot be told from [E, out, in] for {', '.join(undecided)} "
             f"(expected exactly one axis of each expert matrix to be the hidden size). Refused before calibration.")
-    import inspect
 
     names = tuple(k for k, v in inspect.signature(type(experts).forward).parameters.items()
                   if k != "self" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.POSITIONAL_ONLY))
@@ -236,8 +237,6 @@ def expert_layout(experts: nn.Module, name: str) -> ExpertLayout:
     """The module's layout: shapes against the hidden size decide the orientation; when its weights are real, its
     own forward on a probe input must equal kick's per-expert reading (gate/up interleaving is chosen by it),
     else :class:`~kick_models.compress.config.UnsupportedModelError` naming the module."""
-    from kick_models.compress.config import UnsupportedModelError
-
     cached = _LAYOUTS.get(experts)
     if cached is not None:
         return cached
@@ -276,8 +275,7 @@ def _probe(experts: nn.Module, name: str, layout: ExpertLayout) -> bool:
     want = want[0] if isinstance(want, tuple) else want
     if want.numel() != got.numel():
         return False
-    want, got = want.reshape(-1, hidden).float(), got.reshape(-1, hidden).float()
-    return bool(torch.allclose(got, want, rtol=1e-3, atol=1e-5 * (1 + float(want.abs().max()))))
+    return outputs_close(got.reshape(-1, hidden), want.reshape(-1, hidden))
 
 
 # --------------------------------------------------------------------------- per-expert views

@@ -39,6 +39,7 @@ from torch import nn
 
 from kick_models.compress import memory, placement
 from kick_models.compress import moe
+from kick_models.compress.compare import outputs_close
 from kick_models.compress.base import LayerCompressor, LayerStats
 from kick_models.compress.config import UnsupportedModelError
 from kick_models.compress.targets import Target, block_roles, block_targets, measure_block
@@ -279,28 +280,10 @@ def _run_layer(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_
     return hidden
 
 
-def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        if not a.is_floating_point():
-            return torch.equal(a, b.to(a.device))
-        # relative error of the whole tensor, within a few roundings of its dtype (bf16 kernels differ in order)
-        tol = max(1e-4, 4 * torch.finfo(a.dtype).eps)
-        a, b = a.float(), b.float().to(a.device)
-        if not torch.equal(torch.isfinite(a), torch.isfinite(b)):
-            return False
-        a, b = a.nan_to_num(), b.nan_to_num()
-        return float((a - b).norm()) <= tol * float(b.norm()) + 1e-6
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    return (a is None) == (b is None)
-
-
 def check_replayed(got: Any, own: Any, batch: int, prefix: str) -> None:
     """The dense block's output on the captured inputs of ``batch`` must equal the model's own output of that block
     (every element of the output tuple); otherwise :class:`UnsupportedModelError` naming the block."""
-    if not _close(got, own):
+    if not outputs_close(got, own):
         raise UnsupportedModelError(
             f"{prefix}: replaying the captured inputs of calibration batch {batch} through the dense block does not "
             f"reproduce the model's own output of this block (expected {_describe(own)}, got {_describe(got)}); "
