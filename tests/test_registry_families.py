@@ -19,6 +19,7 @@ at the end; with ``KICK_FAMILY_TABLE=<path>`` the markdown family table (docs/fa
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -40,8 +41,12 @@ _BUILT: dict[str, nn.Module | str] = {}
 
 
 def built(family: str) -> nn.Module:
-    """A fresh tiny model of the family (the build is cached as a state dict; compression works in place)."""
+    """A fresh tiny model of the family (the build of the current family is cached as a state dict, so its three
+    methods start from the same weights; compression works in place)."""
     if family not in _BUILT:
+        for other in [f for f, v in _BUILT.items() if not isinstance(v, str)]:
+            del _BUILT[other]  # one family's weights held at a time (memory stays flat over the registry)
+        gc.collect()
         try:
             model = shrunk_model(family)
             with torch.no_grad():
