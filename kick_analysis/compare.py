@@ -42,6 +42,7 @@ from typing import Any, Sequence
 from kick_analysis.results_io import (ResultsError, Run, data_differences, data_provenance, format_provenance, load_samples,
                                    load_single_run)
 from kick_analysis.stats import bootstrap_mean_ci, mcnemar_exact
+from kick_tasks.names import canonical_metric
 
 #: Per-task primary metric of the kick tasks (fnmatch patterns; override with --metric).
 #: None = no per-item correctness (perplexity): compared on aggregate values only.
@@ -59,6 +60,7 @@ METRIC_PREFERENCE: tuple[str, ...] = (
     "exact_match",
     "paper_score",
     "em",
+    "token_f1",
     "f1",
     "acc_norm",
     "contains",
@@ -116,7 +118,7 @@ def primary_metric(task: str, samples: Sequence[dict[str, Any]], higher_is_bette
     """The metric that decides whether an item is correct (see module docstring for the rule)."""
     override = override or {}
     if task in override or "*" in override:
-        metric = override.get(task, override.get("*"))
+        metric = canonical_metric(task, override.get(task, override.get("*")))  # --metric f1 still means token_f1
         if not samples or metric not in samples[0]:
             have = samples[0].get("metrics", []) if samples else []
             raise CompareError(f"task {task}: --metric {metric!r} is not in its samples (metrics logged: {have})")

@@ -1,6 +1,7 @@
 """Reading lm-eval output folders: results JSONs, per-sample logs, compression summaries.
 
-The one place that knows lm-eval's on-disk layout (0.4.x):
+The one place that knows lm-eval's on-disk layout (0.4.x; lm-eval 0.5's differences are read back into it
+on loading, see :func:`canonical_results` and :func:`canonical_sample`):
 
 * ``--output_path DIR`` writes ``DIR/<model sanitized>/results_<date_id>.json``;
 * ``--log_samples`` adds ``samples_<task>_<date_id>.jsonl`` with the SAME
@@ -26,6 +27,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from kick_tasks.names import canonical_metric, canonical_metric_key, canonical_task, samples_task
 
 RESULTS_RE = re.compile(r"^results_(?P<date>.+)\.json$")
 _NON_METRIC_KEYS = {"alias", "name", "sample_len", " ", ""}
@@ -114,7 +117,7 @@ def find_results_files(root: Path) -> list[Path]:
 
 
 def samples_files_for(results_path: Path) -> dict[str, Path]:
-    """``task -> samples_<task>_<date_id>.jsonl`` written by the same lm-eval call."""
+    """``task -> samples_<task>_<date_id>.jsonl`` written by the same lm-eval call (canonical task names)."""
     m = RESULTS_RE.match(results_path.name)
     if not m:
         return {}
@@ -122,10 +125,59 @@ def samples_files_for(results_path: Path) -> dict[str, Path]:
     suffix = f"_{date_id}.jsonl"
     out = {}
     for p in results_path.parent.glob(f"samples_*{suffix}"):
-        task = p.name[len("samples_") : -len(suffix)]
+        task = canonical_task(p.name[len("samples_") : -len(suffix)])
         if task:
             out[task] = p
     return out
+
+
+def _canonical_table(table: Any) -> Any:
+    """``{task: value}`` keyed by canonical task names (a name already present keeps its own entry)."""
+    if not isinstance(table, dict):
+        return table
+    out: dict[str, Any] = {}
+    for task, value in table.items():
+        name = canonical_task(task)
+        out[name if name not in table else task] = value
+    return out
+
+
+def canonical_results(data: dict[str, Any]) -> dict[str, Any]:
+    """A results JSON as kick reads it, whichever lm-eval and kick release wrote it: subtasks named
+    ``<task>`` (lm-eval 0.5 writes ``<group>::<task>``) and renamed metrics under their current names
+    (:mod:`kick_tasks.names`)."""
+    out = dict(data)
+    for key in ("results", "configs", "higher_is_better", "n-samples", "versions", "n-shot"):
+        out[key] = _canonical_table(data.get(key))
+    out["results"] = {
+        task: {canonical_metric_key(task, k): v for k, v in entry.items()} if isinstance(entry, dict) else entry
+        for task, entry in out["results"].items()
+    }
+    if isinstance(out.get("higher_is_better"), dict):
+        out["higher_is_better"] = {
+            task: {canonical_metric(task, m): v for m, v in hib.items()} if isinstance(hib, dict) else hib
+            for task, hib in out["higher_is_better"].items()
+        }
+    if isinstance(data.get("group_subtasks"), dict):
+        out["group_subtasks"] = {canonical_task(g): [canonical_task(t) for t in ts or []]
+                                 for g, ts in data["group_subtasks"].items()}
+    return out
+
+
+def canonical_sample(row: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """One samples-file row as lm-eval 0.4 writes it: ``filtered_resps`` one response per request
+    (lm-eval 0.5 keeps a list of repeats per request: ``[["answer"]]`` for 0.4's ``["answer"]``) and
+    renamed metrics under their current names."""
+    resps = row.get("filtered_resps")
+    if (isinstance(resps, list) and resps
+            and all(isinstance(r, list) and len(r) == 1 for r in resps)):  # 0.4: a string or a 2-tuple each
+        row["filtered_resps"] = [r[0] for r in resps]
+    if task is not None:
+        for old in [k for k in row if canonical_metric(task, k) != k]:
+            row[canonical_metric(task, old)] = row.pop(old)
+        if isinstance(row.get("metrics"), list):
+            row["metrics"] = [canonical_metric(task, m) for m in row["metrics"]]
+    return row
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -137,7 +189,7 @@ def _load_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         warnings.warn(f"skipping {path}: not an lm-eval results file (no 'results' table)", stacklevel=3)
         return None
-    return data
+    return canonical_results(data)
 
 
 def _run_key(folder: Path, data: dict[str, Any]) -> tuple[str, str, str]:
@@ -245,6 +297,8 @@ def load_samples(path: Path, filter_key: str | None = None) -> list[dict[str, An
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise ResultsError(f"{path}:{line_no}: not JSON ({exc})") from exc
+    task = samples_task(Path(path).name)
+    rows = [canonical_sample(r, task) for r in rows]
     filters = list(dict.fromkeys(r.get("filter", "none") for r in rows))
     if filter_key is None:
         filter_key = "none" if "none" in filters or not filters else filters[0]

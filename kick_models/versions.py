@@ -1,8 +1,8 @@
 """The lm-eval and transformers versions kick supports, and one clear error outside them.
 
-The range is the one CI runs (``.ci/run``): the newest stack from ``scripts/setup.sh`` and the
-oldest supported stack pinned in ``ci/oldest-constraints.txt``. Keep the three in step with
-``pyproject.toml``. Only installed-package metadata is read here: no lm_eval, transformers or
+The range is the one CI runs (``.ci/run``): the newest 0.4 stack from ``scripts/setup.sh``, the
+oldest supported stack pinned in ``ci/oldest-constraints.txt`` and the lm-eval 0.5 pre-release stack
+(``ci/lmeval05-stack.sh``). Keep them in step with ``pyproject.toml``. Only installed-package metadata is read here: no lm_eval, transformers or
 torch import, so the check costs well under a millisecond after the first call.
 """
 
@@ -14,13 +14,14 @@ from importlib import metadata
 
 #: distribution name -> supported range. The same bounds as pyproject.toml's dependencies.
 SUPPORTED = {
-    "lm-eval": ">=0.4.9,<0.5",
+    "lm-eval": ">=0.4.9,<0.6",
     "transformers": ">=4.56,<6",
 }
-#: The two stacks CI tests (the README's "Supported versions" section lists them too).
+#: The three stacks CI tests (the README's "Supported versions" section lists them too).
 TESTED_STACKS = {
     "oldest": "lm-eval 0.4.9, transformers 4.56.2, datasets 3.6.0 (ci/oldest-constraints.txt)",
     "newest": "lm-eval 0.4.13, transformers 5.x, datasets 5.x (scripts/setup.sh)",
+    "lm-eval 0.5": "lm-eval 0.5.0.dev1, the newest transformers 5.x and datasets 5.x (ci/lmeval05-stack.sh)",
 }
 
 
@@ -64,7 +65,7 @@ def message(found: list[str]) -> str:
     return (f"kick supports {ranges}, but {'; '.join(found)}. "
             f"Install a supported version, e.g. pip install 'lm-eval[hf]{SUPPORTED['lm-eval']}' "
             f"'{supported_range('transformers')}' "
-            f"(tested stacks: {TESTED_STACKS['oldest']}; {TESTED_STACKS['newest']}).")
+            f"(tested stacks: {'; '.join(TESTED_STACKS.values())}).")
 
 
 def check(installed: dict[str, str | None] | None = None) -> None:

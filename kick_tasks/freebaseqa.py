@@ -132,7 +132,7 @@ def score(continuation: str, aliases: list[str]) -> dict[str, float]:
     return {
         "contains_em": factoid_contains(continuation, aliases),
         "exact_match": exact_match(continuation, aliases),
-        "f1": token_f1(continuation, aliases),
+        "token_f1": token_f1(continuation, aliases),
     }
 
 

@@ -178,7 +178,7 @@ def score(generation: str, aliases: list[str]) -> dict[str, float]:
     return {
         "contains_em": containment_match(answer, aliases, normalize_triviaqa),
         "exact_match": exact_match(answer, aliases, normalize_triviaqa),
-        "f1": token_f1(answer, aliases, normalize_triviaqa),
+        "token_f1": token_f1(answer, aliases, normalize_triviaqa),
     }
 
 

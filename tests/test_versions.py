@@ -1,7 +1,7 @@
 """The supported lm-eval / transformers range: declared once, tested on both ends, refused clearly outside.
 
-CI runs this file in both stacks (.ci/run: the newest from scripts/setup.sh, the oldest from
-ci/oldest-constraints.txt via ci/oldest-stack.sh).
+CI runs this file in all three stacks (.ci/run: the newest from scripts/setup.sh, the oldest from
+ci/oldest-constraints.txt via ci/oldest-stack.sh, lm-eval 0.5.0.dev1 via ci/lmeval05-stack.sh).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def test_declared_range_is_the_checked_range_and_the_oldest_stack_is_its_floor()
 @pytest.mark.parametrize("lm_eval,transformers,refused", [
     ("0.4.9", "4.56.0", None), ("0.4.9.2", "4.57.6", None), ("0.4.13", "5.24.0", None),
     ("0.4.14.dev0", "5.0.0rc1", None),
-    ("0.4.8", "4.57.6", "lm-eval 0.4.8 is installed"), ("0.5.0", "5.24.0", "lm-eval 0.5.0 is installed"),
+    ("0.5.0.dev1", "5.25.0", None), ("0.5.0", "5.24.0", None),
+    ("0.4.8", "4.57.6", "lm-eval 0.4.8 is installed"), ("0.6.0", "5.24.0", "lm-eval 0.6.0 is installed"),
+    ("0.6.0.dev0", "5.24.0", "lm-eval 0.6.0.dev0 is installed"),
     (None, "5.24.0", "lm-eval is not installed"), ("0.4.13", "4.55.4", "transformers 4.55.4 is installed"),
     ("0.4.13", "6.0.0", "transformers 6.0.0 is installed"),
 ])
@@ -75,7 +77,7 @@ def test_check_accepts_exactly_the_supported_range(lm_eval, transformers, refuse
     with pytest.raises(versions.UnsupportedVersionError) as err:
         versions.check(installed)
     text = str(err.value)
-    assert "'lm-eval>=0.4.9,<0.5'" in text and "'transformers>=4.56,<6'" in text
+    assert "'lm-eval>=0.4.9,<0.6'" in text and "'transformers>=4.56,<6'" in text
     assert refused in text
 
 
@@ -117,7 +119,7 @@ def _one_clear_error(proc: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if "kick supports" in line]
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert "'lm-eval>=0.4.9,<0.5'" in lines[0] and "lm-eval 0.4.8 is installed" in lines[0]
+    assert "'lm-eval>=0.4.9,<0.6'" in lines[0] and "lm-eval 0.4.8 is installed" in lines[0]
 
 
 def test_lm_eval_asking_for_kick_on_unsupported_lm_eval_is_one_clear_error(lm_eval_048_metadata, tmp_path):
@@ -144,7 +146,7 @@ def test_unsupported_lm_eval_refuses_kick_but_leaves_plain_lm_eval_alone(lm_eval
         "    try:\n"
         "        call()\n"
         "    except UnsupportedVersionError as exc:\n"
-        "        print('refused', 'lm-eval>=0.4.9,<0.5' in str(exc))\n"
+        "        print('refused', 'lm-eval>=0.4.9,<0.6' in str(exc))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=lm_eval_048_metadata, capture_output=True, text=True,
                          timeout=300)

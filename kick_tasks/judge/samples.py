@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import re
 from pathlib import Path
 from typing import Any
 
 from kick_tasks.judge.task_glue import first_response, read_jsonl
-
-SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[0-9.\-]+)\.jsonl$")
+from kick_tasks.names import samples_task
 
 #: task name (prefix) -> (module, function: JudgeSettings -> protocols)
 RECIPES: list[tuple[str, str, str]] = [
@@ -22,11 +20,12 @@ RECIPES: list[tuple[str, str, str]] = [
 
 
 def task_of(path: Path) -> str:
-    match = SAMPLES_NAME.match(path.name)
-    if not match:
+    """The task of a samples file (lm-eval 0.5's ``<group>::<task>`` read as ``<task>``)."""
+    task = samples_task(path.name)
+    if task is None:
         raise ValueError(f"{path.name} is not an lm-eval samples file name (samples_<task>_<time>.jsonl); "
                          "pass --task to say which task it holds.")
-    return match.group("task")
+    return task
 
 
 def recipe(task: str):
