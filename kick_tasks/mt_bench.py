@@ -141,7 +141,7 @@ def generate_turn2(samples: Path, lm, apply_chat_template: bool = False, system_
                    max_gen_toks: int = GEN_KWARGS["max_gen_toks"], output_dir: Path | None = None,
                    limit: int | None = None) -> Path:
     """Generate turn 2 for every turn-1 sample with ``lm`` (an lm-eval LM); returns the samples file."""
-    from lm_eval.api.instance import Instance
+    from kick_models.lm_eval_compat import make_instance
 
     rows = read_turn1_samples(samples)[:limit]
     gen_kwargs = {**GEN_KWARGS, "max_gen_toks": int(max_gen_toks)}
@@ -149,8 +149,8 @@ def generate_turn2(samples: Path, lm, apply_chat_template: bool = False, system_
     for row in rows:
         answer1 = first_response(row["filtered_resps"]).strip()
         context = turn2_context(row["doc"], answer1, lm, apply_chat_template, system_instruction)
-        requests.append(Instance(request_type="generate_until", doc=row["doc"], arguments=(context, dict(gen_kwargs)),
-                                 idx=0, metadata=(TURN2_TASK, row["doc_id"], 1)))
+        requests.append(make_instance("generate_until", row["doc"], (context, dict(gen_kwargs)),
+                                      task_name=TURN2_TASK, doc_id=row["doc_id"]))
     start = time.perf_counter()
     outputs = lm.generate_until(requests)
     print(f"kick mt-bench: generated {len(outputs)} turn-2 answers in {time.perf_counter() - start:.1f}s", file=sys.stderr)

@@ -121,7 +121,7 @@ def tokenizer_from_metadata(metadata: dict[str, Any]):
 
 
 def _hflm_max_length(config, tokenizer=None, *, default: int) -> int:
-    """``HFLM.max_length``'s rule in lm-eval < 0.4.13 (no ``resolve_max_length`` there): config, tokenizer, default."""
+    """``HFLM.max_length``'s rule in lm-eval < 0.4.13 and 0.5 (no ``resolve_max_length`` there): config, tokenizer, default."""
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
         if getattr(config, attr, None) is not None:
             return int(getattr(config, attr))
@@ -135,7 +135,7 @@ def model_max_length(metadata: dict[str, Any], tokenizer) -> int:
         return int(metadata["max_length"])
     try:
         from lm_eval.models.utils import resolve_max_length
-    except ImportError:  # lm-eval < 0.4.13
+    except ImportError:  # lm-eval < 0.4.13, 0.5
         resolve_max_length = _hflm_max_length
     from transformers import AutoConfig
 

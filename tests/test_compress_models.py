@@ -243,16 +243,16 @@ def test_api_errors(tok):
 
 
 def test_pruned_model_evaluates_with_lm_eval_hflm(tok):
-    from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
+
+    from kick_models.lm_eval_compat import make_instance, rolling_loglikelihood, rolling_request
 
     model = model_for("llama", tok)
     prune(model, tok, method="wanda", sparsity=0.5, calibration=calib(tok), progress=False)
     lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=2)
-    requests = [Instance("loglikelihood", {}, ("The answer is", " Paris"), 0),
-                Instance("loglikelihood_rolling", {}, ("The quick brown fox jumps over the lazy dog.",), 1)]
-    ll, greedy = lm.loglikelihood(requests[:1])[0]
-    rolling = lm.loglikelihood_rolling(requests[1:])[0]
+    ll, greedy = lm.loglikelihood([make_instance("loglikelihood", {}, ("The answer is", " Paris"), task_name=None,
+                                                 doc_id=0)])[0]
+    rolling = rolling_loglikelihood(lm.loglikelihood_rolling([rolling_request("The quick brown fox jumps over the lazy dog.")])[0])
     assert ll < 0 and rolling < 0 and isinstance(greedy, bool)
     assert lm.model is model and (model.model.layers[0].mlp.up_proj.weight == 0).float().mean() == 0.5
 

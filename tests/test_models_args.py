@@ -166,7 +166,7 @@ def test_bnb_int8_and_nf4_on_cpu(tiny_llama_dir):
 
 
 def _requests():
-    from lm_eval.api.instance import Instance
+    from kick_models.lm_eval_compat import make_instance
 
     pairs = [("The capital of France is", " Paris"), ("The quick brown fox", " jumps"), ("Answer:", " William Shakespeare")]
-    return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    return [make_instance("loglikelihood", {}, p, task_name=None, doc_id=i) for i, p in enumerate(pairs)]

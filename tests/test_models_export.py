@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from kick_models.export import QUANT_PARAMS_FILE, REPORT_FILE, ExportError, check_export_target, save_compressed
 from kick_models.lm import KickPrunedLM, KickQuantizedLM
+from kick_models.lm_eval_compat import make_instance
 
 PAIRS = [
     ("The capital of France is", " Paris"),
@@ -20,7 +20,7 @@ PAIRS = [
 
 
 def _requests():
-    return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
+    return [make_instance("loglikelihood", {}, p, task_name=None, doc_id=i) for i, p in enumerate(PAIRS)]
 
 
 def test_export_reloads_with_identical_loglikelihoods(tiny_llama_dir, calib_txt, tmp_path):

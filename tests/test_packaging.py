@@ -48,6 +48,28 @@ def test_builtin_hf_model_still_resolves_and_kick_models_register():
     assert out[1].split() == ["KickPrunedLM", "KickQuantizedLM", "KickBitsAndBytesLM"]
 
 
+def test_declared_entry_points_are_the_hooks_models_and_lm_eval_loads_them():
+    """pyproject's ``lm_eval.models`` entry points name exactly the models the start-up hook registers, and
+    lm-eval's own registry (0.4.10+ and 0.5 accept ``EntryPoint`` placeholders) materialises each to its class;
+    the ``lm_eval.tasks`` entry point names the task folder the hook adds."""
+    from importlib import metadata
+
+    from kick_models.autoload import KICK_MODELS, task_yaml_dir
+
+    models = {ep.name: ep for ep in metadata.entry_points(group="lm_eval.models") if ep.value.startswith("kick_models.")}
+    assert {name: ep.value for name, ep in models.items()} == KICK_MODELS
+    from lm_eval.api import registry
+
+    lazy = getattr(registry, "model_registry", None)
+    if lazy is None or not hasattr(lazy, "register"):
+        pytest.skip("lm-eval 0.4.9's model registry is a plain dict (no lazy placeholders)")
+    for name, ep in models.items():
+        lazy.register(f"entry-point-{name}", target=ep)
+        assert lazy.get(f"entry-point-{name}") is registry.get_model(name)
+    tasks = [ep for ep in metadata.entry_points(group="lm_eval.tasks") if ep.name == "kick"]
+    assert len(tasks) == 1 and Path(task_yaml_dir()) == Path(tasks[0].load().__file__).parent
+
+
 def test_task_manager_sees_kick_tasks_without_include_path():
     code = (
         "from lm_eval.tasks import TaskManager\n"

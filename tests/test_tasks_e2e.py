@@ -14,7 +14,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
-QA_METRICS = {"contains_em,none", "exact_match,none", "f1,none"}
+QA_METRICS = {"contains_em,none", "exact_match,none", "token_f1,none"}
 
 
 def run_lm_eval(args: list[str], data_dir: Path, out: Path, cwd: Path) -> dict:

@@ -52,7 +52,7 @@ def test_answer_only_in_question_does_not_count():
     continuation = " a tragedy."
     assert factoid_contains(prompt + continuation, doc["aliases"]) == 1.0  # the paper's bug
     scores = freebaseqa.process_results(doc, [continuation])
-    assert scores == {"contains_em": 0.0, "exact_match": 0.0, "f1": 0.0}
+    assert scores == {"contains_em": 0.0, "exact_match": 0.0, "token_f1": 0.0}
 
 
 def test_factoid_aliases_any_matches():
@@ -60,7 +60,7 @@ def test_factoid_aliases_any_matches():
     scores = freebaseqa.process_results(doc, [" Leonardo."])
     assert scores["contains_em"] == 1.0
     assert scores["exact_match"] == 1.0
-    assert scores["f1"] == 1.0
+    assert scores["token_f1"] == 1.0
 
 
 def test_exact_match_and_f1_values():
@@ -90,7 +90,7 @@ def test_containment_empty_prediction_scores_zero():
 def test_triviaqa_first_line_extraction():
     doc = {"aliases": ["paris", "Paris, France"]}
     assert triviaqa.first_line("\n\n Paris\nQ: next") == "Paris"
-    assert triviaqa.process_results(doc, ["\n Paris, France\nblah"]) == {"contains_em": 1.0, "exact_match": 1.0, "f1": 1.0}
+    assert triviaqa.process_results(doc, ["\n Paris, France\nblah"]) == {"contains_em": 1.0, "exact_match": 1.0, "token_f1": 1.0}
     scores = triviaqa.process_results(doc, [" The city of Paris\n"])
     assert scores["contains_em"] == 1.0 and scores["exact_match"] == 0.0
-    assert 0.0 < scores["f1"] < 1.0
+    assert 0.0 < scores["token_f1"] < 1.0
