@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.judge.helpers import clean_env, free_port, start_fake, stop
-from test_tasks_e2e import FIXTURES, mixed_data_dir
+from test_tasks_e2e import FIXTURES, mixed_data_dir, task_name
 
 REFERENCE_BIN = os.environ.get("KICK_REFERENCE_BIN")
 THIS_BIN = Path(sys.executable).parent
@@ -89,13 +89,9 @@ def _results(folder: Path) -> dict:
     return json.loads(files[0].read_text())
 
 
-def _task(name: str) -> str:
-    return name.rsplit("::", 1)[-1]  # lm-eval 0.5 writes a group's subtask as "<group>::<task>"
-
-
 def _metrics(results: dict) -> dict[tuple[str, str], object]:
     """``{(task, "metric,filter"): value}`` of every task and group (stderr included)."""
-    return {(_task(t), k): v for t, entry in results["results"].items() for k, v in entry.items() if "," in k}
+    return {(task_name(t), k): v for t, entry in results["results"].items() for k, v in entry.items() if "," in k}
 
 
 def _same(a, b) -> bool:
@@ -146,7 +142,7 @@ def test_every_kick_task_under_kick_pruned_gives_equal_metrics(stacks, tiny_llam
     finally:
         stop(server)
     ref, this = runs["reference"], runs["this"]
-    tasks = {_task(t) for t in this["results"]}
+    tasks = {task_name(t) for t in this["results"]}
     families = {"kick_factoid_qa", "kick_mcr_qa", "kickmmlu_anatomy", "kick_icr_qa_closed", "kick_icr_qa_open",
                 "kick_wikitext_ppl"}
     if data_dir is not FIXTURES:
