@@ -2,8 +2,9 @@
 
 The range is the one CI runs (``.ci/run``): the newest 0.4 stack from ``scripts/setup.sh``, the
 oldest supported stack pinned in ``ci/oldest-constraints.txt`` and the lm-eval 0.5 pre-release stack
-(``ci/lmeval05-stack.sh``). Keep them in step with ``pyproject.toml``. Only installed-package metadata is read here: no lm_eval, transformers or
-torch import, so the check costs well under a millisecond after the first call.
+(``ci/lmeval05-stack.sh``). Keep them in step with ``pyproject.toml``. Only installed-package
+metadata is read here: no lm_eval, transformers or torch import, so the check costs well under a
+millisecond after the first call.
 """
 
 from __future__ import annotations
