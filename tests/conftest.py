@@ -6,6 +6,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: Small data shipped with the tests, laid out like the data folder (excerpts and stand-ins, see its README).
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures"
+#: The real data folder: ../shared/data beside the repository, if there (``KICK_TEST_DATA=fixtures`` hides it,
+#: as on a user's fresh clone: CI runs the suite so once).
+REAL_DATA = SHARED_DATA if SHARED_DATA.is_dir() and os.environ.get("KICK_TEST_DATA") != "fixtures" else None
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Console scripts of this environment (lm_eval, kick, transformers, accelerate) are found even when
@@ -18,15 +23,44 @@ if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if SHARED_DATA.is_dir():
-    os.environ.setdefault("KICK_DATA_DIR", str(SHARED_DATA))
+# Every data set a test reads comes from a local folder: the real one, else the shipped fixtures.
+os.environ.setdefault("KICK_DATA_DIR", str(REAL_DATA or FIXTURE_DATA))
+_DESELECTED: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that check the real data sets themselves (``shared_data`` fixture or the ``real_data`` marker)
+    need the real data folder; without it (a user's fresh clone) they are deselected and said so at the end."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+    if REAL_DATA is not None:
+        return
+    drop = [item for item in items if item.get_closest_marker("real_data")]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+        _DESELECTED.extend(item.nodeid for item in drop)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DESELECTED:
+        terminalreporter.write_line(
+            f"kick: {len(_DESELECTED)} test(s) check the real data sets (marker real_data) and need the real data "
+            f"folder {SHARED_DATA}: not run here (CI runs them with it; `-m real_data` selects them).")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} not present")
-    return SHARED_DATA
+    """The real data folder (tests using it are marked ``real_data``: only collected when it exists)."""
+    assert REAL_DATA is not None, "real_data tests are deselected without the real data folder"
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """A data folder in the real layout: the real one if present, else the shipped fixtures."""
+    return REAL_DATA or FIXTURE_DATA
 
 
 @pytest.fixture(scope="session")

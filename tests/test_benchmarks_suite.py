@@ -41,7 +41,7 @@ def test_block_flops_scale_with_tokens_and_sparsegpt_costs_more_than_wanda():
     assert bench_scaling.block_flops(*shape, tokens=1000, seqlen=500, method="sparsegpt") > w1
 
 
-def test_paper_loop_scores_continuation_with_the_task_metric(tiny_llama_dir, shared_data, tmp_path):
+def test_paper_loop_scores_continuation_with_the_task_metric(tiny_llama_dir, data_dir, tmp_path):
     """The baseline loop runs end to end and scores with kick_tasks.freebaseqa.score on the continuation."""
     from kick_tasks.freebaseqa import load_split, score
 

@@ -120,13 +120,13 @@ def test_seqlen_capped_at_max_positions_with_warning(tmp_path, tok, caplog):
     assert "exceeds the model's max positions 40" in caplog.text
 
 
-def test_c4_from_the_shared_parquet(shared_data, tok, monkeypatch, caplog):
-    monkeypatch.setenv("KICK_DATA_DIR", str(shared_data))
+def test_c4_from_the_data_folder_parquet(data_dir, tok, monkeypatch, caplog):
+    monkeypatch.setenv("KICK_DATA_DIR", str(data_dir))
     with caplog.at_level(logging.WARNING, logger="kick_models.compress.calibration"):
         x = load_calibration(CalibrationConfig("c4", nsamples=4, seqlen=128, seed=0), tok)
     assert x.shape == (4, 128)
     assert "stand-in" in caplog.text and "VALIDATION" in caplog.text
-    texts = pq.read_table(shared_data / "c4" / "c4_validation_2k.parquet", columns=["text"]).column("text").to_pylist()
+    texts = pq.read_table(data_dir / "c4" / "c4_validation_2k.parquet", columns=["text"]).column("text").to_pylist()
     random.seed(0)
     i = random.randint(0, len(texts) - 1)  # the first document drawn
     while tok(texts[i], return_tensors="pt").input_ids.shape[1] <= 128:
@@ -134,9 +134,9 @@ def test_c4_from_the_shared_parquet(shared_data, tok, monkeypatch, caplog):
     assert _is_window_of(x[0], tok(texts[i], return_tensors="pt").input_ids[0])
 
 
-def test_wikitext2_offline_never_uses_the_test_split(shared_data, tok, monkeypatch):
-    assert (shared_data / "wikitext2" / "wiki.test.raw").exists()
-    monkeypatch.setenv("KICK_DATA_DIR", str(shared_data))
+def test_wikitext2_offline_never_uses_the_test_split(data_dir, tok, monkeypatch):
+    assert (data_dir / "wikitext2" / "wiki.test.raw").exists()
+    monkeypatch.setenv("KICK_DATA_DIR", str(data_dir))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataNotFoundError) as err:
         load_calibration(CalibrationConfig("wikitext2", nsamples=2, seqlen=64), tok)

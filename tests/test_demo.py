@@ -132,11 +132,12 @@ def test_demo_runs_anywhere_on_the_embedded_data(tiny_llama_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_uses_a_configured_data_dir(tiny_llama_dir, shared_data, tmp_path):
+def test_demo_uses_a_configured_data_dir(tiny_llama_dir, data_dir, tmp_path):
     proc = _demo(["--pretrained", str(tiny_llama_dir), "--limit", "3", "--nsamples", "2", "--seqlen", "32",
                   "--ppl_seqlen", "64", "--max_gen_toks", "4", "--out", str(tmp_path / "demo")], cwd=tmp_path,
-                 env_extra={data.DATA_DIR_ENV: str(shared_data)})
+                 env_extra={data.DATA_DIR_ENV: str(data_dir)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"data from {shared_data}" in proc.stdout
+    assert f"data from {data_dir}" in proc.stdout
     results = json.loads(next((tmp_path / "demo" / "sweep" / "dense").rglob("results_*.json")).read_text())
-    assert results["configs"]["kick_factoid_qa"]["metadata"]["kick_data"]["FreebaseQA eval"]["records"] == 4000
+    assert results["configs"]["kick_factoid_qa"]["metadata"]["kick_data"]["FreebaseQA eval"]["records"] == len(
+        json.loads((data_dir / "freebaseqa" / "FreebaseQA-eval.json").read_text())["Questions"])  # real data: 4000

@@ -36,9 +36,9 @@ def _results(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def no_judge_run(tiny_llama_dir, shared_data, tmp_path_factory):
+def no_judge_run(tiny_llama_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("nojudge")
-    result = _lm_eval(tiny_llama_dir, out, clean_env(KICK_DATA_DIR=str(shared_data)))
+    result = _lm_eval(tiny_llama_dir, out, clean_env(KICK_DATA_DIR=str(data_dir)))
     return out, result
 
 
@@ -61,12 +61,12 @@ def test_no_judge_reports_judge_free_metrics(no_judge_run):
     assert first["doc"]["highlights"][0] not in prompt or first["doc"]["highlights"][0] in first["doc"]["story"]
 
 
-def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, shared_data, tmp_path):
+def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, data_dir, tmp_path):
     port = free_port()
     serve = start_transformers_serve(tiny_llama_dir, port, tmp_path / "serve.log")
     out = tmp_path / "out"
     try:
-        env = clean_env(KICK_DATA_DIR=str(shared_data), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        env = clean_env(KICK_DATA_DIR=str(data_dir), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
                         KICK_JUDGE_MODEL=str(tiny_llama_dir), KICK_JUDGE_MAX_TOKENS="8",
                         KICK_JUDGE_CACHE=str(tmp_path / "cache" / "judge.sqlite"), OPENAI_API_KEY=SECRET)
         # one bucket stands for the three (same code; keeps the CPU time of this test down)
@@ -90,10 +90,10 @@ def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, shared_data, tmp_p
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_kick_judge_and_mt_bench_turn2(no_judge_run, tiny_llama_dir, shared_data, tmp_path):
+def test_kick_judge_and_mt_bench_turn2(no_judge_run, tiny_llama_dir, data_dir, tmp_path):
     out, _ = no_judge_run
     turn1 = next(out.rglob("samples_kick_mt_bench_*.jsonl"))
-    env = clean_env(KICK_DATA_DIR=str(shared_data))
+    env = clean_env(KICK_DATA_DIR=str(data_dir))
     made = subprocess.run([sys.executable, "-m", "kick_tasks.mt_bench", "--samples", str(turn1), "--model", "hf",
                            "--model_args", f"pretrained={tiny_llama_dir}", "--apply_chat_template",
                            "--max_gen_toks", "8", "--output_dir", str(tmp_path)],
@@ -133,13 +133,13 @@ def test_kick_judge_and_mt_bench_turn2(no_judge_run, tiny_llama_dir, shared_data
     assert summaries["kick_mt_bench"]["metrics"]["judge_rating"] == m["judge_rating_turn1"]
 
 
-def test_kick_judge_in_process_backend(no_judge_run, tiny_llama_dir, shared_data, tmp_path):
+def test_kick_judge_in_process_backend(no_judge_run, tiny_llama_dir, data_dir, tmp_path):
     out, _ = no_judge_run
     samples = next(out.rglob("samples_kick_instruction_following_*.jsonl"))
     result = subprocess.run([sys.executable, "-m", "kick_tasks.judge.cli", str(samples), "--backend", "hf",
                              "--model", str(tiny_llama_dir), "--max-tokens", "8", "--limit", "1",
                              "--cache", str(tmp_path / "c.sqlite"), "--output-dir", str(tmp_path)],
-                            env=clean_env(KICK_DATA_DIR=str(shared_data)), capture_output=True, text=True, timeout=300)
+                            env=clean_env(KICK_DATA_DIR=str(data_dir)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(next(tmp_path.glob("*.summary.json")).read_text())
     assert summary["n_samples"] == 1 and summary["backend_requests"] == 1
@@ -147,14 +147,14 @@ def test_kick_judge_in_process_backend(no_judge_run, tiny_llama_dir, shared_data
     assert "req" in result.stderr  # per-request progress bar
 
 
-def test_kick_judge_reproduces_the_in_run_metrics(tiny_llama_dir, shared_data, tmp_path):
+def test_kick_judge_reproduces_the_in_run_metrics(tiny_llama_dir, data_dir, tmp_path):
     """Judging during the lm-eval run and `kick judge` on its --log_samples give the same metrics; the same
     judge served again on another port answers from the cache; the run records its generation settings."""
     port, record = free_port(), tmp_path / "in_run.jsonl"
     fake = start_fake(port, record=record)
     out = tmp_path / "out"
     try:
-        env = clean_env(KICK_DATA_DIR=str(shared_data), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        env = clean_env(KICK_DATA_DIR=str(data_dir), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
                         KICK_JUDGE_MODEL="gpt-4", KICK_JUDGE_CACHE=str(tmp_path / "run.sqlite"),
                         XDG_CACHE_HOME=str(tmp_path / "xdg"))
         _lm_eval(tiny_llama_dir, out, env, tasks="kicksum_large,kick_instruction_following")
@@ -176,7 +176,7 @@ def test_kick_judge_reproduces_the_in_run_metrics(tiny_llama_dir, shared_data, t
     port2, record2 = free_port(), tmp_path / "later.jsonl"
     fake = start_fake(port2, record=record2)
     try:
-        env = clean_env(KICK_DATA_DIR=str(shared_data))
+        env = clean_env(KICK_DATA_DIR=str(data_dir))
         fresh = subprocess.run([sys.executable, "-m", "kick_tasks.judge.cli", *map(str, samples), "--base-url",
                                 f"http://127.0.0.1:{port2}/v1", "--model", "gpt-4", "--cache",
                                 str(tmp_path / "fresh.sqlite"), "--output-dir", str(tmp_path / "fresh"), "--no-progress"],

@@ -134,7 +134,7 @@ def test_four_pairs_robust_and_fastchat_rating():
 
 
 # ---------------------------------------------------------------- protocol objects, metrics
-def test_paper_metrics_by_default_opt_ins_only_when_asked(shared_data):
+def test_paper_metrics_by_default_opt_ins_only_when_asked(data_dir):
     from kick_tasks import instruction_following as inf, summarization as sm
     from kick_tasks.judge.settings import settings_from
 
@@ -176,11 +176,11 @@ def test_cache_identity_ignores_the_local_port():
 
 
 # ---------------------------------------------------------------- exact messages through a real server
-def _vicuna_expected(shared_data: Path, picks: list[dict], answers: list[str]) -> list[dict]:
-    folder = shared_data / PROTOCOL / "instruction_following"
+def _vicuna_expected(data_dir: Path, picks: list[dict], answers: list[str]) -> list[dict]:
+    folder = data_dir / PROTOCOL / "instruction_following"
     reviewers, prompts = _jsonl(folder / "reviewer.jsonl"), _jsonl(folder / "prompt.jsonl")
     questions = {q["question_id"]: q for q in _jsonl(folder / "question.jsonl")}
-    gpt35 = {a["question_id"]: a["text"] for a in _jsonl(shared_data / "vicuna_bench" / "answer_gpt-3.5-turbo.jsonl")}
+    gpt35 = {a["question_id"]: a["text"] for a in _jsonl(data_dir / "vicuna_bench" / "answer_gpt-3.5-turbo.jsonl")}
     out = []
     for doc, answer in zip(picks, answers):
         q = questions[doc["question_id"]]
@@ -190,8 +190,8 @@ def _vicuna_expected(shared_data: Path, picks: list[dict], answers: list[str]) -
     return out
 
 
-def _summary_expected(shared_data: Path, picks: list[dict], answers: list[str], comparator) -> list[dict]:
-    folder = shared_data / PROTOCOL / "summarization"
+def _summary_expected(data_dir: Path, picks: list[dict], answers: list[str], comparator) -> list[dict]:
+    folder = data_dir / PROTOCOL / "summarization"
     reviewers, prompts = _jsonl(folder / "reviewer.jsonl"), _jsonl(folder / "prompt.jsonl")
     questions = {q["question_id"]: q for q in _jsonl(folder / "new_question.jsonl")}
     out = []
@@ -204,7 +204,7 @@ def _summary_expected(shared_data: Path, picks: list[dict], answers: list[str], 
     return out
 
 
-def test_kick_sends_the_papers_exact_messages(shared_data, tmp_path):
+def test_kick_sends_the_papers_exact_messages(data_dir, tmp_path):
     from kick_tasks import instruction_following as inf, summarization as sm
 
     vicuna = inf.load_docs()
@@ -227,18 +227,18 @@ def test_kick_sends_the_papers_exact_messages(shared_data, tmp_path):
     try:
         result = _judge_cli([*map(str, files), "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "gpt-4",
                              "--cache", str(tmp_path / "c.sqlite"), "--concurrency", "1"],
-                            clean_env(KICK_DATA_DIR=str(shared_data)))
+                            clean_env(KICK_DATA_DIR=str(data_dir)))
     finally:
         stop(server)
     assert result.returncode == 0, result.stderr[-3000:]
     sent = [{k: body[k] for k in ("messages", "temperature", "max_tokens")} for body in _jsonl(record)]
-    expected = _vicuna_expected(shared_data, picks, answers_v) + _summary_expected(
-        shared_data, stories, answers_s, lambda d: "\n".join(d["highlights"]))
+    expected = _vicuna_expected(data_dir, picks, answers_v) + _summary_expected(
+        data_dir, stories, answers_s, lambda d: "\n".join(d["highlights"]))
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert sorted(map(key, sent)) == sorted(map(key, expected))        # exactly these, nothing else
     assert all(body["model"] == "gpt-4" for body in _jsonl(record))
-    prompt_ids = [paper_gen_prompt(_jsonl(shared_data / PROTOCOL / "instruction_following" / "reviewer.jsonl"),
-                                   _jsonl(shared_data / PROTOCOL / "instruction_following" / "prompt.jsonl"),
+    prompt_ids = [paper_gen_prompt(_jsonl(data_dir / PROTOCOL / "instruction_following" / "reviewer.jsonl"),
+                                   _jsonl(data_dir / PROTOCOL / "instruction_following" / "prompt.jsonl"),
                                    d["category"], "", "", "")[2] for d in picks]
     assert sorted(set(prompt_ids)) == [1, 2, 3]
     # the scores are the paper's parse of the replies: comparator = X, model = Y
@@ -246,10 +246,11 @@ def test_kick_sends_the_papers_exact_messages(shared_data, tmp_path):
     replies = [json.loads(line)["judge_replies"][0]
                for line in Path(summary["per_sample_file"]).read_text().splitlines()]
     pairs = [p for p in map(paper_parse_if, replies) if p != [-1, -1]]   # the paper leaves invalid ones out
-    assert len(pairs) == 6           # the math prompt asks for a final "(x, y)" tuple: the paper's rule misses it
+    n_math = sum(d["category"] == "math" for d in picks)
+    assert len(pairs) == len(picks) - n_math   # the math prompt asks for a final "(x, y)" tuple: the paper's rule misses it
     assert summary["metrics"]["judge_score"] == pytest.approx(sum(p[1] for p in pairs) / len(pairs))
     assert summary["metrics"]["judge_ref_score"] == pytest.approx(sum(p[0] for p in pairs) / len(pairs))
-    assert summary["metrics"]["judge_invalid_rate"] == pytest.approx(2 / 8)
+    assert summary["metrics"]["judge_invalid_rate"] == pytest.approx(n_math / len(picks))
     assert not [k for k in summary["metrics"] if "debiased" in k or "robust" in k or "rating" in k]
     assert summary["judge_requests"] == [json.dumps({"max_tokens": 1024, "protocol": "llm-kick-instruction_following-v1",
                                                      "temperature": 0.2}, sort_keys=True)]
@@ -263,7 +264,7 @@ def test_kick_sends_the_papers_exact_messages(shared_data, tmp_path):
         sum(sum(v[1] for v in p.values()) / 4 for p in parsed) / len(parsed))
 
 
-def test_debiased_metrics_only_when_asked(shared_data, tmp_path):
+def test_debiased_metrics_only_when_asked(data_dir, tmp_path):
     from kick_tasks import instruction_following as inf
 
     docs = inf.load_docs()[:3]
@@ -272,12 +273,12 @@ def test_debiased_metrics_only_when_asked(shared_data, tmp_path):
     port, record = free_port(), tmp_path / "requests.jsonl"
     server = start_fake(port, record=record)
     try:
-        env = clean_env(KICK_DATA_DIR=str(shared_data))
+        env = clean_env(KICK_DATA_DIR=str(data_dir))
         base = [str(samples), "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "judge",
                 "--cache", str(tmp_path / "c.sqlite")]
         plain = _judge_cli(base + ["--output-dir", str(tmp_path / "plain")], env)
         both = _judge_cli(base + ["--output-dir", str(tmp_path / "both")],
-                          clean_env(KICK_DATA_DIR=str(shared_data), KICK_JUDGE_ORDERS="both", KICK_JUDGE_EXTRAS="robust"))
+                          clean_env(KICK_DATA_DIR=str(data_dir), KICK_JUDGE_ORDERS="both", KICK_JUDGE_EXTRAS="robust"))
     finally:
         stop(server)
     assert plain.returncode == 0 and both.returncode == 0, plain.stderr + both.stderr
@@ -295,7 +296,7 @@ def test_debiased_metrics_only_when_asked(shared_data, tmp_path):
 
 
 # ---------------------------------------------------------------- comparator order, generated summaries
-def test_summary_comparator_order_and_kick_judge_summaries(shared_data, tmp_path, monkeypatch):
+def test_summary_comparator_order_and_kick_judge_summaries(data_dir, tmp_path, monkeypatch):
     from kick_tasks import summarization as sm
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -305,7 +306,7 @@ def test_summary_comparator_order_and_kick_judge_summaries(shared_data, tmp_path
     port, record = free_port(), tmp_path / "requests.jsonl"
     server = start_fake(port, record=record)
     try:
-        env = clean_env(KICK_DATA_DIR=str(shared_data), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+        env = clean_env(KICK_DATA_DIR=str(data_dir), XDG_CACHE_HOME=str(tmp_path / "xdg"))
         made = subprocess.run([sys.executable, "-m", "kick_tasks.judge.cli", "summaries", "--base-url",
                                f"http://127.0.0.1:{port}/v1", "--model", "gpt-3.5-turbo", "--no-progress"],
                               env=env, capture_output=True, text=True, timeout=300)
@@ -316,12 +317,12 @@ def test_summary_comparator_order_and_kick_judge_summaries(shared_data, tmp_path
         stop(server)
     assert made.returncode == 0 and again.returncode == 0, made.stderr + again.stderr
     sent = _jsonl(record)
-    assert len(sent) == 90                                             # the rerun came from the cache
-    questions = {q["question_id"]: q["text"] for q in _jsonl(shared_data / PROTOCOL / "summarization" / "new_question.jsonl")}
+    questions = {q["question_id"]: q["text"] for q in _jsonl(data_dir / PROTOCOL / "summarization" / "new_question.jsonl")}
+    assert len(sent) == len(questions)                                 # the rerun came from the cache
     assert sorted(b["messages"][1]["content"] for b in sent) == sorted(t.split("@highlight")[0] for t in questions.values())
     assert {b["messages"][0]["content"] for b in sent} == {"You are a helpful assistant."}
     generated = _jsonl(tmp_path / "xdg" / "kick" / "reference_summaries.jsonl")
-    assert len(generated) == 90 and {g["model"] for g in generated} == {"gpt-3.5-turbo"}
+    assert len(generated) == len(questions) and {g["model"] for g in generated} == {"gpt-3.5-turbo"}
     texts = {g["question_id"]: g["text"] for g in generated}
     cached_docs = [dict(d) for d in docs]
     assert sm.attach_comparator(cached_docs, {}) == "generated:gpt-3.5-turbo"
@@ -341,12 +342,12 @@ def test_summary_comparator_order_and_kick_judge_summaries(shared_data, tmp_path
 
 
 # ---------------------------------------------------------------- questions, highlights, context
-def test_story_builder_reproduces_the_papers_questions(shared_data):
+def test_story_builder_reproduces_the_papers_questions(data_dir):
     from kick_tasks import summarization as sm
 
-    paper = _jsonl(shared_data / PROTOCOL / "summarization" / "new_question.jsonl")
+    paper = _jsonl(data_dir / PROTOCOL / "summarization" / "new_question.jsonl")
     docs = {d["question_id"]: d for b in sm.BUCKETS for d in sm.load_bucket(b)}
-    assert len(docs) == 90 == len(paper)
+    assert sorted(docs) == sorted(q["question_id"] for q in paper)   # every question has its story
     for q in paper:
         doc = docs[q["question_id"]]
         assert doc["paper_text"] == q["text"] and doc["bucket"] == q["category"]   # character for character
@@ -358,7 +359,7 @@ def test_story_builder_reproduces_the_papers_questions(shared_data):
         sm.load_bucket("small", {"summarization_highlights": "maybe"})
 
 
-def test_long_story_is_cut_never_the_instruction(shared_data, tiny_llama_dir):
+def test_long_story_is_cut_never_the_instruction(data_dir, tiny_llama_dir):
     from transformers import AutoTokenizer
 
     from kick_tasks import summarization as sm
@@ -369,7 +370,7 @@ def test_long_story_is_cut_never_the_instruction(shared_data, tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     overhead = len(tok.apply_chat_template([{"role": "user", "content": ""}], tokenize=True, add_generation_prompt=True,
                                            return_dict=False))
-    assert n == sum(d["truncated"] for d in docs) and n >= 25
+    assert n == sum(d["truncated"] for d in docs) and n >= 0.8 * len(docs)   # large stories exceed 512 tokens
     for doc, original in zip(docs, originals):
         assert doc["question"].startswith(sm.INSTRUCTIONS["large"] + "\n\n")
         assert original.startswith(doc["question"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 
@@ -93,7 +94,7 @@ def test_pairwise_one_bad_order_is_invalid_not_a_crash():
     assert not protocol.applies({"question": "Q", "answer": "a", "reference": ""})
 
 
-def test_single_grade_uses_fastchat_prompts(shared_data):
+def test_single_grade_uses_fastchat_prompts(data_dir):
     plain = SingleGrade(turn=1).calls({"question": "Why?", "answer": "Because."})[0]
     assert plain.protocol == "fastchat-single-v1"
     assert "[[rating]]" in plain.messages[1]["content"] and "Because." in plain.messages[1]["content"]
@@ -155,18 +156,20 @@ def test_cache_persists_and_separates_judges(tmp_path):
 
 
 # ---------------------------------------------------------------- task data and prompts
-def test_summarization_prompt_has_no_highlights(shared_data):
+def test_summarization_prompt_has_no_highlights(data_dir):
     from kick_tasks import summarization
 
     docs = {b: summarization.load_bucket(b) for b in summarization.BUCKETS}
-    assert [len(docs[b]) for b in summarization.BUCKETS] == [30, 30, 30]
+    # one doc per story file of each bucket (the real data: 30 each)
+    assert [len(docs[b]) for b in summarization.BUCKETS] == [
+        len(list((data_dir / "cnn_stories" / b).glob("*.story"))) for b in summarization.BUCKETS]
     for bucket, bucket_docs in docs.items():
         for doc in bucket_docs:
             prompt = summarization.doc_to_text(doc)
             assert prompt.startswith(summarization.INSTRUCTIONS[bucket] + "\n\n")
             assert "@highlight" not in prompt
             assert doc["highlights"] and prompt == doc["paper_text"].split("@highlight")[0]
-    raw = (shared_data / "cnn_stories" / "small" / f"{docs['small'][0]['story_id']}.story").read_text()
+    raw = (data_dir / "cnn_stories" / "small" / f"{docs['small'][0]['story_id']}.story").read_text()
     assert docs["small"][0]["highlights"][0] in raw
 
 
@@ -198,16 +201,20 @@ def test_rouge_and_stats():
     assert answer_stats("two words") == {"words": 2.0, "empty_rate": 0.0}
 
 
-def test_vicuna_and_mt_bench_docs(shared_data):
+def test_vicuna_and_mt_bench_docs(data_dir):
     from kick_tasks import instruction_following, mt_bench
 
+    def lines(path):  # counted from the files (the real data: 80 questions each, 10 and 30 references)
+        return [json.loads(line) for line in (data_dir / path).read_text().splitlines() if line.strip()]
+
     vicuna = instruction_following.load_docs()
-    assert len(vicuna) == 80 and all(d["reference"] for d in vicuna)
-    assert sum(bool(d["ref_answer"]) for d in vicuna) == 10
+    assert len(vicuna) == len(lines("vicuna_bench/question.jsonl")) and all(d["reference"] for d in vicuna)
+    assert sum(bool(d["ref_answer"]) for d in vicuna) == len(lines("vicuna_bench/reference_answer_gpt-4.jsonl"))
     mt = mt_bench.load_docs()
-    assert len(mt) == 80 and all(len(d["turns"]) == 2 for d in mt)
+    assert len(mt) == len(lines("mt_bench/question.jsonl")) and all(len(d["turns"]) == 2 for d in mt)
     with_refs = [d for d in mt if d["ref_answers"]]
-    assert len(with_refs) == 30 and {d["category"] for d in with_refs} == {"math", "reasoning", "coding"}
+    assert len(with_refs) == len(lines("mt_bench/reference_answer_gpt-4.jsonl"))
+    assert {d["category"] for d in with_refs} == {"math", "reasoning", "coding"}
 
 
 def test_turn2_prompt_contains_own_turn1_answer(tiny_llama_dir):

@@ -21,7 +21,6 @@ from tiny import make_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +35,7 @@ def _lm_eval(model_args: str, out: Path, env: dict) -> dict:
     return json.loads(files[-1].read_text())["config"]["kick_compression"]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared WikiText-2 data")
-def test_parallelize_on_cpu_host_offloads_and_restores_cache(tmp_path, monkeypatch):
+def test_parallelize_on_cpu_host_offloads_and_restores_cache(tmp_path, monkeypatch, data_dir):
     from kick_models.lm import KickPrunedLM
 
     src = make_tiny_model_dir(tmp_path / "llama", family="llama", layers=3)
@@ -45,7 +43,7 @@ def test_parallelize_on_cpu_host_offloads_and_restores_cache(tmp_path, monkeypat
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 100)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               KICK_CACHE_DIR=str(tmp_path / "cache"), KICK_DATA_DIR=str(SHARED_DATA), OMP_NUM_THREADS="1")
+               KICK_CACHE_DIR=str(tmp_path / "cache"), KICK_DATA_DIR=str(data_dir), OMP_NUM_THREADS="1")
     args = dict(pretrained=str(src), method="sparsegpt", sparsity=0.5, calib=str(calib), nsamples=4, seqlen=32)
     common = ",".join(f"{k}={v}" for k, v in args.items())
 

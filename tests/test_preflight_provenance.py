@@ -88,15 +88,16 @@ def test_kick_model_resolves_calibration_before_loading_the_model(tiny_llama_dir
     assert not isinstance(err.value, data.DataNotFoundError)
 
 
-def test_local_c4_calibration_records_the_stand_in(tiny_llama_dir, shared_data, monkeypatch, tmp_path, caplog):
+def test_local_c4_calibration_records_the_stand_in(tiny_llama_dir, data_dir, monkeypatch, tmp_path, caplog):
     from kick_models.lm import KickPrunedLM
 
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(shared_data))
+    c4_folder = data_dir
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(c4_folder))
     with caplog.at_level("WARNING", logger="kick_models.data"):
         lm = KickPrunedLM(pretrained=str(tiny_llama_dir), device="cpu", method="wanda", sparsity=0.5, calib="c4",
                           nsamples=2, seqlen=32, cache=False)
     record = lm.get_model_info()["kick_compression"]["calibration_data"]
-    parquet = shared_data / "c4" / "c4_validation_2k.parquet"
+    parquet = c4_folder / "c4" / "c4_validation_2k.parquet"
     assert record["location"] == "local" and record["source"] == str(parquet)
     assert "VALIDATION" in record["stand_in"] and "c4-train.00000-of-01024" in record["stand_in"]
     import pyarrow.parquet as pq
@@ -137,12 +138,12 @@ def test_task_provenance_same_content_same_hash_and_stand_in_flag(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_results_json_records_an_explicit_calibration_file(tiny_llama_dir, shared_data, tmp_path):
+def test_results_json_records_an_explicit_calibration_file(tiny_llama_dir, data_dir, tmp_path):
     calib = tmp_path / "calib.jsonl"
     calib.write_text("".join(json.dumps({"text": f"Calibration document {i}: " + "words and more words " * 20}) + "\n"
                              for i in range(8)))
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KICK_DATA_DIR=str(shared_data))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KICK_DATA_DIR=str(data_dir))
     proc = subprocess.run(
         [sys.executable, "-m", "kick_analysis.cli", "eval", "--model", "kick-pruned", "--model_args",
          f"pretrained={tiny_llama_dir},method=wanda,sparsity=0.5,calib={calib},nsamples=2,seqlen=32,cache=false",
@@ -154,5 +155,7 @@ def test_results_json_records_an_explicit_calibration_file(tiny_llama_dir, share
     assert record["source"] == str(calib) and record["location"] == "local" and record["stand_in"] is None
     assert record["file_sha256"] == hashlib.sha256(calib.read_bytes()).hexdigest() and record["records"] == 8
     task_record = results["configs"]["kick_factoid_qa"]["metadata"]["kick_data"]["FreebaseQA eval"]
-    assert task_record["source"] == str(shared_data / "freebaseqa" / "FreebaseQA-eval.json")
-    assert task_record["records"] == 4000 and task_record["location"] == "local"
+    eval_file = data_dir / "freebaseqa" / "FreebaseQA-eval.json"
+    assert task_record["source"] == str(eval_file)
+    assert task_record["records"] == len(json.loads(eval_file.read_text())["Questions"])  # real data: 4000
+    assert task_record["location"] == "local"
