@@ -241,24 +241,52 @@ def test_ray_sweep_equals_local_survives_a_killed_worker_and_resumes(
     assert all(not read_attempts(out, s, (out / ".kick_sweep" / "token").read_text().strip()) for s in SLUGS)
 
 
+GATED_UTILS = """import pathlib, os, time
+
+def wait_at_the_gate(dataset):
+    # Tell the test this lm_eval child is under way, then wait (never released: the test interrupts).
+    (pathlib.Path({gate!r}) / f"started-{{os.getpid()}}").touch()
+    deadline = time.time() + 600
+    while time.time() < deadline and not (pathlib.Path({gate!r}) / "release").exists():
+        time.sleep(0.2)
+    return dataset
+"""
+
+
+@pytest.fixture()
+def gated_tasks(tiny_tasks, tmp_path):  # noqa: F811
+    """``tiny_mc`` whose every lm_eval child signals when it loads its documents, then waits for a release file
+    (interrupt tests wait for the children's signal instead of racing a timer)."""
+    tasks, gate = tmp_path / "gated_tasks", tmp_path / "gate"
+    tasks.mkdir()
+    gate.mkdir()
+    (tasks / "gate_utils.py").write_text(GATED_UTILS.format(gate=str(gate)))
+    (tasks / "tiny_mc.yaml").write_text((tiny_tasks / "tiny_mc.yaml").read_text()
+                                        + "process_docs: !function gate_utils.wait_at_the_gate\n")
+    (tasks / "calib.txt").symlink_to(tiny_tasks / "calib.txt")
+    yield tasks, gate
+    (gate / "release").touch()  # after the test's checks: a child that survived a failed test ends on its own
+
+
 @pytest.mark.slow
-def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, tiny_tasks, ray_cluster, tmp_path):  # noqa: F811
+def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, gated_tasks, ray_cluster, tmp_path):
     from kick_analysis.sweep_executors import read_attempts
 
+    tasks, gate = gated_tasks
     out = tmp_path / "sweep"
-    cmd = sweep_cmd(tiny_llama_dir, out, tiny_tasks, "--executor", "ray", "--address", ray_cluster)
+    cmd = sweep_cmd(tiny_llama_dir, out, tasks, "--executor", "ray", "--address", ray_cluster)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # both configs' lm_eval children have signalled (they now wait at the gate): no race with a timer
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while time.time() < deadline and len(list(gate.glob("started-*"))) < len(SLUGS):
             assert proc.poll() is None, proc.stdout.read()
-            token_file = out / ".kick_sweep" / "token"
-            token = token_file.read_text().strip() if token_file.is_file() else None
-            if token and all(read_attempts(out, s, token) and (out / s / "lm_eval.log").is_file() for s in SLUGS):
-                break
-            time.sleep(0.5)
+            time.sleep(0.2)
+        assert len(list(gate.glob("started-*"))) == len(SLUGS), proc.stdout.read() if proc.poll() is not None else ""
+        token = (out / ".kick_sweep" / "token").read_text().strip()
         workers = [read_attempts(out, s, token)[0]["pid"] for s in SLUGS]
-        assert all(_pid_alive(w) for w in workers)
+        children = [int(p.name.split("-")[1]) for p in gate.glob("started-*")]
+        assert all(_pid_alive(w) for w in workers + children)
         proc.send_signal(signal.SIGINT)
         text = proc.communicate(timeout=120)[0]
     finally:
@@ -266,9 +294,10 @@ def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, tiny_tasks, ray_cluster, t
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in text, text[-3000:]
     deadline = time.time() + 60
-    while time.time() < deadline and any(_pid_alive(w) for w in workers):
+    while time.time() < deadline and any(_pid_alive(p) for p in workers + children):
         time.sleep(0.5)
-    assert not any(_pid_alive(w) for w in workers), workers  # the Ray workers (and their lm_eval children) are gone
+    # the Ray workers and their lm_eval children are gone (killed: the gate opens only after the test)
+    assert not any(_pid_alive(p) for p in workers + children), (workers, children)
     assert {c["status"] for c in manifest(out).values()} == {"interrupted"}
 
 
@@ -281,3 +310,25 @@ def test_ray_retries_a_killed_child_then_fails_it_with_its_log(ray_cluster, tmp_
     RayExecutor(address=ray_cluster, retries=1).run(jobs, lambda o: outcomes.setdefault(o.slug, o), progress)
     progress.close()
     _check_killed(outcomes, out)
+
+
+def test_stage_times_read_the_progress_bars_of_a_log(tmp_path):
+    """Seconds per stage from a config's lm_eval.log: each bar's last elapsed time; repeated bars add up."""
+    from kick_analysis.sweep_executors import stage_times
+
+    log = tmp_path / "lm_eval.log"
+    log.write_text(
+        "2026-01-01 INFO Selected Tasks: ['kick_factoid_qa']\n"
+        "Loading weights:   0%|          | 0/272 [00:00<?, ?it/s]\rLoading weights: 100%|##########| 272/272 [00:04<00:00]\n"
+        "wanda:   0%|          | 0/30 [00:00<?, ?layer/s]\rwanda:  50%|#####     | 15/30 [00:20<00:20]\r"
+        "wanda: 100%|##########| 30/30 [00:41<00:00]\n"
+        "Running generate_until requests: 100%|##########| 100/100 [01:02<00:00,  1.61it/s]\n"
+        "Running loglikelihood_rolling requests:   0%|   | 0/50 [00:00<?, ?it/s]\r"
+        "Running loglikelihood_rolling requests: 100%|###| 50/50 [00:30<00:00]\n"
+        "Running loglikelihood_rolling requests:   0%|   | 0/50 [00:00<?, ?it/s]\r"
+        "Running loglikelihood_rolling requests: 100%|###| 50/50 [00:10<00:00]\n")
+    assert stage_times(log) == {"loading model": 4.0, "calibrating layer": 41.0, "generating": 62.0,
+                                "perplexity windows": 40.0}
+    log.write_text("Running generate_until requests: 100%|###| 9/9 [1:00:10<00:00]\n")
+    assert stage_times(log) == {"generating": 3610.0}
+    assert stage_times(tmp_path / "missing.log") == {}
