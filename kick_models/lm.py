@@ -46,6 +46,7 @@ from kick_models.compress.config import (
     parse_quant_args,
 )
 from kick_models.loadtime import LoadTimeOptions, is_noop
+from kick_models.scoring import BoundedLoglikelihoodMixin
 
 #: Arguments this module adds to every compressing class.
 COMPUTE_ARGS = ("compress_device", "compress_batch_size", "cache_dir", "cache", "save_compressed")
@@ -74,7 +75,7 @@ def _check_typos(rest: dict, known: tuple[str, ...]) -> None:
             )
 
 
-class _KickCompressedLM(HFLM):
+class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
     """HFLM that compresses ``self._model`` right after it is loaded (before any request)."""
 
     #: lm-eval name, for the record.
@@ -239,7 +240,7 @@ BNB_METHODS = ("int8", "nf4", "fp4")
 _BNB_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class KickBitsAndBytesLM(HFLM):
+class KickBitsAndBytesLM(BoundedLoglikelihoodMixin, HFLM):
     """``kick-bnb``: LLM.int8 / NF4 / FP4 load-time quantization through transformers' BitsAndBytesConfig.
 
     Model args: ``method`` (int8 | nf4 | fp4, default nf4), ``compute_dtype`` (4-bit compute dtype:
