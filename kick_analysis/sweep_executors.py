@@ -298,6 +298,39 @@ def stage_of(log: Path, tail_bytes: int = 16384) -> str:
     return "starting"
 
 
+_ELAPSED = re.compile(r"\[(?P<elapsed>\d+(?::\d+)+)<")
+
+
+def stage_times(log: Path) -> dict[str, float]:
+    """Seconds per stage of a finished config, from the progress bars in its ``lm_eval.log`` (the elapsed time of
+    each bar's last update; a stage with several bars, e.g. one per calibrated layer group, is summed):
+    ``{"loading model": 4.0, "calibrating layer": 31.0, "generating": 52.0, "perplexity windows": 40.0}``."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    last: dict[tuple[str, str, int], float] = {}  # one bar -> elapsed seconds at its last update
+    bars: dict[tuple[str, str], tuple[int, int]] = {}  # (stage, total) -> (bar number, its last count)
+    for line in re.split(r"[\r\n]+", text):
+        m, e = _TQDM.match(line), _ELAPSED.search(line)
+        name = m and e and _STAGE_NAMES.get(m["desc"].strip().rstrip(":").lower())
+        if not name:
+            continue
+        n = int(m["n"])
+        number, seen = bars.get((name, m["total"]), (0, -1))
+        if n < seen:  # the count went back: a new bar of the same kind (the next layer group, config...)
+            number += 1
+        bars[(name, m["total"])] = (number, n)
+        seconds = 0.0
+        for part in e["elapsed"].split(":"):
+            seconds = seconds * 60 + int(part)
+        last[(name, m["total"], number)] = seconds
+    times: dict[str, float] = {}
+    for (name, _, _), seconds in last.items():
+        times[name] = times.get(name, 0.0) + seconds
+    return times
+
+
 class Progress:
     """Configs done / running / queued / failed, with each running config's stage, on one tqdm line."""
 
