@@ -21,7 +21,9 @@ The tokenizer is loaded from the task metadata, which the ``lm_eval`` CLI and
 ``simple_evaluate`` fill with the ``--model_args`` (``pretrained``,
 ``tokenizer``, ``gguf_file``, ``revision``, ``trust_remote_code``,
 ``add_bos_token``, ``max_length``). Window length: metadata ``ppl_seqlen`` (not ``seqlen``: lm-eval copies model args such as the calibration ``seqlen`` into task metadata)
-(default 2048), capped at the model's maximum length.
+(default 2048), capped at the model's maximum length. Metadata ``ppl_windows``: score only the first N windows
+(default: all; ``kick demo`` uses it to keep perplexity's share of a CPU run small while ``--limit`` sets the
+questions of the other tasks).
 """
 
 from __future__ import annotations
@@ -211,6 +213,11 @@ def load(**metadata: Any):
     max_length = model_max_length(metadata, tokenizer)
     seqlen = min(int(metadata.get("ppl_seqlen") or DEFAULT_SEQLEN), max_length)
     docs = build_windows(join_rows(rows), tokenizer, seqlen, _as_bool(metadata.get("add_bos_token")))
+    windows = metadata.get("ppl_windows")
+    if windows is not None:
+        if isinstance(windows, bool) or not str(windows).isdigit() or int(windows) < 1:
+            raise ValueError(f"ppl_windows={windows!r}: give a whole number of windows >= 1 (or leave it out: all).")
+        docs = docs[:int(windows)]
     exact = sum(d["tokenization_exact"] for d in docs)
     log.info(
         "kick_wikitext_ppl: %d windows of %d tokens (%d re-tokenize exactly) in %.1fs",

@@ -71,6 +71,15 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory) -> Path:
+    """A tiny llama with room for a whole judge prompt: FastChat's grading prompts alone are ~700 tokens of
+    the tiny tokenizer, and `transformers serve` refuses a prompt longer than the model's positions."""
+    from tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "judge", family="llama", max_positions=4096)
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
     from tiny import make_tiny_model_dir
 

@@ -61,13 +61,13 @@ def test_no_judge_reports_judge_free_metrics(no_judge_run):
     assert first["doc"]["highlights"][0] not in prompt or first["doc"]["highlights"][0] in first["doc"]["story"]
 
 
-def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, data_dir, tmp_path):
+def test_local_server_as_judge_inside_lm_eval(tiny_llama_dir, tiny_judge_dir, data_dir, tmp_path):
     port = free_port()
-    serve = start_transformers_serve(tiny_llama_dir, port, tmp_path / "serve.log")
+    serve = start_transformers_serve(tiny_judge_dir, port, tmp_path / "serve.log")  # room for a judge prompt
     out = tmp_path / "out"
     try:
         env = clean_env(KICK_DATA_DIR=str(data_dir), KICK_JUDGE_BASE_URL=f"http://127.0.0.1:{port}/v1",
-                        KICK_JUDGE_MODEL=str(tiny_llama_dir), KICK_JUDGE_MAX_TOKENS="8",
+                        KICK_JUDGE_MODEL=str(tiny_judge_dir), KICK_JUDGE_MAX_TOKENS="8",
                         KICK_JUDGE_CACHE=str(tmp_path / "cache" / "judge.sqlite"), OPENAI_API_KEY=SECRET)
         # one bucket stands for the three (same code; keeps the CPU time of this test down)
         result = _lm_eval(tiny_llama_dir, out, env, tasks="kicksum_small,kick_instruction_following,kick_mt_bench")

@@ -21,16 +21,16 @@ SECRET = "sk-kick-test-SECRET-0123456789"
 
 
 @pytest.fixture(scope="module")
-def tiny_serve(tiny_llama_dir, tmp_path_factory):
+def tiny_serve(tiny_judge_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    proc = start_transformers_serve(tiny_llama_dir, port, log)
+    proc = start_transformers_serve(tiny_judge_dir, port, log)
     yield f"http://127.0.0.1:{port}/v1", log
     stop(proc)
 
 
 @pytest.fixture(scope="module")
-def summary_docs(shared_data):
+def summary_docs(data_dir):
     from kick_tasks.summarization import load_bucket
 
     return load_bucket("small")[:3]
@@ -47,13 +47,13 @@ def _summary(folder: Path, task: str) -> dict:
     return json.loads(files[-1].read_text())
 
 
-def test_http_judge_through_transformers_serve(tiny_serve, tiny_llama_dir, tmp_path):
+def test_http_judge_through_transformers_serve(tiny_serve, tiny_judge_dir, tmp_path):
     from kick_tasks.judge.protocols import PairwiseFourCriteria, SingleGrade
     from kick_tasks.judge.runner import Judge, judge_items
     from kick_tasks.judge.settings import settings_from
 
     base_url, log = tiny_serve
-    settings = settings_from(None, environ={}, base_url=base_url, model=str(tiny_llama_dir), max_tokens=8,
+    settings = settings_from(None, environ={}, base_url=base_url, model=str(tiny_judge_dir), max_tokens=8,
                              cache=str(tmp_path / "c.sqlite"), concurrency=2)
     judge = Judge(settings)
     items = [{"question": "Summarize: the cat sat.", "answer": "A cat sat.", "reference": "Cat sits."},

@@ -277,28 +277,29 @@ def test_ray_ctrl_c_cancels_the_tasks(tiny_llama_dir, gated_tasks, ray_cluster, 
     cmd = sweep_cmd(tiny_llama_dir, out, tasks, "--executor", "ray", "--address", ray_cluster)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # both configs' lm_eval children have signalled (they now wait at the gate): no race with a timer
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list(gate.glob("started-*"))) < len(SLUGS):
+        # wait for an lm_eval child's signal (it then waits at the gate: no config can finish); the deadline is
+        # only a failsafe for a hung start-up, generous for a loaded machine
+        deadline = time.time() + 900
+        while time.time() < deadline and not list(gate.glob("started-*")):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
-        assert len(list(gate.glob("started-*"))) == len(SLUGS), proc.stdout.read() if proc.poll() is not None else ""
-        token = (out / ".kick_sweep" / "token").read_text().strip()
-        workers = [read_attempts(out, s, token)[0]["pid"] for s in SLUGS]
-        children = [int(p.name.split("-")[1]) for p in gate.glob("started-*")]
-        assert all(_pid_alive(w) for w in workers + children)
+        assert list(gate.glob("started-*")), "no lm_eval child started in 900 s"
         proc.send_signal(signal.SIGINT)
-        text = proc.communicate(timeout=120)[0]
+        text = proc.communicate(timeout=300)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in text, text[-3000:]
-    deadline = time.time() + 60
+    token = (out / ".kick_sweep" / "token").read_text().strip()
+    workers = [a["pid"] for s in SLUGS for a in read_attempts(out, s, token)]
+    children = [int(p.name.split("-")[1]) for p in gate.glob("started-*")]  # every child that ever started
+    assert workers and children
+    deadline = time.time() + 120
     while time.time() < deadline and any(_pid_alive(p) for p in workers + children):
         time.sleep(0.5)
     # the Ray workers and their lm_eval children are gone (killed: the gate opens only after the test)
     assert not any(_pid_alive(p) for p in workers + children), (workers, children)
-    assert {c["status"] for c in manifest(out).values()} == {"interrupted"}
+    assert {c["status"] for c in manifest(out).values()} == {"interrupted"}  # none could finish
 
 
 def test_ray_retries_a_killed_child_then_fails_it_with_its_log(ray_cluster, tmp_path):

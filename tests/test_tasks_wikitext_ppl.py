@@ -54,6 +54,16 @@ def test_calibration_seqlen_model_arg_does_not_change_windows(tiny):
     assert set(pruned["test"]["seqlen"]) == set(dense["test"]["seqlen"]) == {64}
 
 
+def test_ppl_windows_keeps_the_first_windows(tiny):
+    path, _, _ = tiny
+    every = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=32)["test"]
+    first = wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=32, ppl_windows=2)["test"]
+    assert len(every) > 2 and first.to_list() == every.to_list()[:2]
+    for bad in (0, "two", -1, True):
+        with pytest.raises(ValueError, match="ppl_windows"):
+            wikitext_ppl.load(data_dir=str(FIXTURES), pretrained=str(path), ppl_seqlen=32, ppl_windows=bad)
+
+
 def _direct_perplexity(model, tok, seqlen, contexts):
     """SparseGPT-style evaluation with plain torch: per window, NLL of tokens after the context tokens."""
     ids = tok(_text(), add_special_tokens=False)["input_ids"]
