@@ -180,7 +180,8 @@ def test_server_killed_mid_run_then_resumed(summary_docs, tmp_path):
     """Kill the judge server mid-run; after a restart the rerun re-sends only uncached prompts."""
     from kick_tasks.summarization import load_bucket
 
-    docs = load_bucket("mid")[:12]   # 12 judge requests (the paper's protocol: one per summary)
+    stories = load_bucket("mid")    # 12 judge requests (the paper's protocol: one per summary), stories reused
+    docs = [dict(stories[i % len(stories)], question_id=1000 + i) for i in range(12)]
     samples = write_samples(tmp_path / "samples_kicksum_mid_2026-01-01T00-00-00.000001.jsonl", docs,
                             [f"Summary number {i}." for i in range(12)])
     port = free_port()
