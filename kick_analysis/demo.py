@@ -148,8 +148,8 @@ def smollm2_checkpoint() -> tuple[str, float]:
 def print_stage_times(sweep_dir: Path, stages: dict[str, float], total: float) -> None:
     """Where the demo's time went: per config, the stages its lm_eval log shows, and the rest (start-up,
     task indexing, building requests, writing results)."""
-    from kick_analysis.sweep import _fmt_s
     from kick_analysis.sweep_executors import stage_times
+    from kick_analysis.sweep_files import format_seconds
 
     rows = [(name, seconds) for name, seconds in stages.items()]
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
@@ -160,8 +160,8 @@ def print_stage_times(sweep_dir: Path, stages: dict[str, float], total: float) -
         rows.append((f"{config['slug']}: other (start-up, tasks, requests, results)", max(0.0, seconds - sum(parts.values()))))
     print("kick demo: time per stage")
     for name, seconds in rows:
-        print(f"  {name:<58} {_fmt_s(seconds):>8}")
-    print(f"  {'total':<58} {_fmt_s(total):>8}")
+        print(f"  {name:<58} {format_seconds(seconds):>8}")
+    print(f"  {'total':<58} {format_seconds(total):>8}")
 
 
 if __name__ == "__main__":
