@@ -44,6 +44,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    """The real-data tests left out (below), then the registry-wide family test's summary."""
+    _registry_summary(terminalreporter)
     if _DESELECTED:
         terminalreporter.write_line(
             f"kick: {len(_DESELECTED)} test(s) check the real data sets (marker real_data) and need the real data "
@@ -105,7 +107,7 @@ def calib_txt(tmp_path):
     return str(path)
 
 
-def pytest_terminal_summary(terminalreporter):
+def _registry_summary(terminalreporter):
     """The registry-wide family test's summary: built / compressed truly / refused (reasons) / not buildable."""
     import sys
 
