@@ -156,7 +156,9 @@ def print_stage_times(sweep_dir: Path, stages: dict[str, float], total: float) -
     for config in manifest["configs"]:
         seconds = float(config.get("seconds") or 0.0)
         parts = stage_times(sweep_dir / config["slug"] / "lm_eval.log")
-        rows += [(f"{config['slug']}: {stage}", t) for stage, t in parts.items()]
+        # the demo's only loglikelihood task is the perplexity one
+        rows += [(f"{config['slug']}: {'perplexity (scoring)' if stage == 'scoring' else stage}", t)
+                 for stage, t in parts.items()]
         rows.append((f"{config['slug']}: other (start-up, tasks, requests, results)", max(0.0, seconds - sum(parts.values()))))
     print("kick demo: time per stage")
     for name, seconds in rows:
