@@ -28,12 +28,15 @@ questions of the other tasks).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from kick_models.data import DataSchemaError, resolve
+from kick_tasks import divergence
+from kick_tasks.divergence import token_sha256
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +202,7 @@ def build_windows(text: str, tokenizer, seqlen: int, add_bos_token: bool | None 
             "continuation": continuation,
             "n_tokens": len(whole_enc) - len(context_enc),
             "tokenization_exact": whole_enc == prefix + window and context_enc == prefix + window[:k],
+            "window_sha256": token_sha256(window),
         })
     return docs
 
@@ -223,9 +227,44 @@ def load(**metadata: Any):
         "kick_wikitext_ppl: %d windows of %d tokens (%d re-tokenize exactly) in %.1fs",
         len(docs), seqlen, exact, time.perf_counter() - start,
     )
+    spec = divergence_spec(metadata, docs, tokenizer, seqlen)
     for doc in docs:
         doc["seqlen"] = seqlen
+        doc[DIVERGENCE_FIELD] = spec
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+DIVERGENCE_FIELD = "kick_divergence"
+#: task metadata keys of the divergence measurement (see kick_tasks.divergence)
+REFERENCE_OUT, REFERENCE_IN = "kick_reference_out", "kick_reference"
+
+
+def divergence_spec(metadata: dict[str, Any], docs: list[dict[str, Any]], tokenizer, seqlen: int) -> str:
+    """The doc field that turns the per-token capture on ("" = off); a compared run's windows are checked here,
+    before any window is scored."""
+    out, ref = metadata.get(REFERENCE_OUT), metadata.get(REFERENCE_IN)
+    if not out and not ref:
+        return ""
+    if out and ref:
+        raise ValueError(f"kick_wikitext_ppl: give either {REFERENCE_OUT} (write the dense reference) or "
+                         f"{REFERENCE_IN} (compare with it), not both")
+    tokenizer_name = str(getattr(tokenizer, "name_or_path", "") or "")
+    spec: dict[str, Any] = {"mode": "write" if out else "compare", "path": str(Path(out or ref).resolve()),
+                            "seqlen": seqlen, "n_windows": len(docs), "tokenizer": tokenizer_name,
+                            "tokenizer_vocab_size": len(tokenizer)}
+    if out:
+        for key in ("budget_mb", "topk", "form"):
+            if metadata.get(f"kick_reference_{key}") is not None:
+                spec[key] = metadata[f"kick_reference_{key}"]
+        if spec.get("form") not in (None, "full", "topk"):
+            raise ValueError(f"kick_reference_form must be 'full' or 'topk', got {spec['form']!r}")
+    else:
+        divergence.Reference(ref).check_windows(seqlen=seqlen, window_sha256=[d["window_sha256"] for d in docs],
+                                                tokenizer=tokenizer_name, vocab_size=len(tokenizer))
+    from kick_tasks import divergence_hook
+
+    divergence_hook.install()
+    return json.dumps(spec, sort_keys=True)
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
@@ -237,9 +276,29 @@ def doc_to_target(doc: dict[str, Any]) -> str:
 
 
 def process_results(doc: dict[str, Any], results: list) -> dict[str, Any]:
-    """``results[0]`` is ``(loglikelihood, is_greedy)`` of the continuation."""
+    """``results[0]`` is ``(loglikelihood, is_greedy)`` of the continuation; with a dense reference to compare
+    with, every divergence metric gets this window's record (its arrays are aggregated over all windows)."""
     loglikelihood = results[0][0]
-    return {
+    out: dict[str, Any] = {
         "token_perplexity": (loglikelihood, doc["n_tokens"]),
         "tokenization_exact": float(doc["tokenization_exact"]),
     }
+    spec = doc.get(DIVERGENCE_FIELD)
+    if spec:
+        captured = divergence.take_captured(doc["context"], doc["continuation"])
+        if json.loads(spec)["mode"] == "compare":
+            record = {"key": captured["key"], "window": doc["window"], "kld_mean": float(captured["kld"].mean())}
+            out.update({name: record for name in divergence.METRICS})
+    return out
+
+
+def _aggregation(metric: str):
+    def aggregate(items: list) -> float:
+        return divergence.aggregate(metric, items)
+
+    aggregate.__name__ = metric
+    return aggregate
+
+
+#: lm-eval aggregations of the divergence metrics (the YAML names them: ``!function utils.agg_<metric>``)
+AGGREGATIONS = {f"agg_{metric}": _aggregation(metric) for metric in divergence.METRICS}
