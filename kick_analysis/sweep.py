@@ -8,7 +8,7 @@
                [--wbits 8,4,3 | rtn=4] [--groupsize 128]  bit widths / group size of gptq and rtn
                [--calib c4] [--nsamples 128] [--seqlen 2048] [--seed 0]
                [--tasks kick] [--limit N] [--batch_size B] [--device cpu] [--include_path DIR]
-               [--force] [--dry-run] [--verbose]  [-- any other lm_eval arguments, verbatim]
+               [--force] [--dry-run] [--verbose] [--no-divergence] [-- any other lm_eval arguments, verbatim]
                [--executor local --jobs N | --executor ray --address ADDR --cpus-per-config C]
                [--gpus-per-config K] [--retries 2]        where configs run (docs/scale-out.md)
 
@@ -27,6 +27,11 @@ plugin) over all tasks, with ``--log_samples``, writing lm-eval's standard outpu
 one config does not stop the sweep; failures are listed at the end (exit code 1). All compressed
 configs share one compression cache (``cache_dir=DIR/.kick_cache``, or ``--cache-dir``; ``--no-cache``
 turns it off), so a re-run reuses the compressed weights.
+
+Divergence (issue 25): when the tasks include ``kick_wikitext_ppl`` (or the ``kick`` group), the dense config
+writes the dense reference to ``DIR/divergence_reference`` (``--metadata kick_reference_out``) and runs first,
+alone; every other config compares with it (``kick_reference``), so its results hold the KL divergence,
+same-top-token and dp metrics (kick_tasks/divergence.py). ``--no-divergence`` turns this off.
 
 Resuming: after lm_eval succeeds, ``DIR/<slug>/.kick_done.json`` is written atomically with the
 exact model/task/lm_eval arguments. Running the same command again skips every config whose
@@ -309,8 +314,42 @@ def cache_dir(ns: argparse.Namespace, out: Path) -> Path | None:
     return Path(ns.cache_dir).resolve() if ns.cache_dir else out / CACHE_DIR
 
 
+#: where the dense config writes the divergence reference that every other config compares with
+REFERENCE_DIR = "divergence_reference"
+DIVERGENCE_TASKS = ("kick", "kick_wikitext_ppl")
+
+
+def divergence_on(ns: argparse.Namespace) -> bool:
+    """The dense config writes a KLD reference and the others compare with it when kick_wikitext_ppl runs."""
+    return not getattr(ns, "no_divergence", False) and any(t in DIVERGENCE_TASKS for t in ns.task_list)
+
+
+def with_metadata(passthrough: list[str], extra: dict[str, Any]) -> list[str]:
+    """``passthrough`` with ``extra`` merged into its ``--metadata`` JSON (added when absent)."""
+    out, found = [], False
+    i = 0
+    while i < len(passthrough):
+        arg = passthrough[i]
+        if arg == "--metadata" or arg.startswith("--metadata="):
+            text = arg.split("=", 1)[1] if "=" in arg else passthrough[i + 1]
+            i += 1 if "=" in arg else 2
+            try:
+                meta = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SweepError(f"--metadata after -- is not JSON ({exc}): {text!r}") from None
+            out += ["--metadata", json.dumps({**meta, **extra})]
+            found = True
+            continue
+        out.append(arg)
+        i += 1
+    return out if found else out + ["--metadata", json.dumps(extra)]
+
+
 def lm_eval_command(config: SweepConfig, ns: argparse.Namespace, out: Path, passthrough: list[str]) -> list[str]:
     extra = parse_kv(ns.model_args)
+    if divergence_on(ns):
+        key = "kick_reference_out" if config.method == "dense" else "kick_reference"
+        passthrough = with_metadata(passthrough, {key: str(out / REFERENCE_DIR)})
     cmd = [sys.executable, "-m", "kick_analysis.cli", "eval",
            "--model", config.model,
            "--model_args", config.model_args(ns.model, extra, cache_dir(ns, out)),
@@ -434,8 +473,13 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
 
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # with the divergence reference, the dense config runs (alone) before the configs that read it
+    stages = [[j for j in jobs if j.slug == "dense"], [j for j in jobs if j.slug != "dense"]] \
+        if divergence_on(ns) else [jobs]
     try:
-        executor.run(jobs, on_finish, progress)
+        for stage in stages:
+            if stage:
+                executor.run(stage, on_finish, progress)
     except KeyboardInterrupt:
         interrupted = True
         for e in entries.values():
@@ -491,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="lm_eval --device")
     p.add_argument("--include_path", "--include-path", dest="include_path", help="lm_eval --include_path")
     p.add_argument("--force", action="store_true", help="run even if --output holds another model's results")
+    p.add_argument("--no-divergence", action="store_true",
+                   help="do not measure KL divergence / same top token against the dense config "
+                        f"(default: on when kick_wikitext_ppl runs; reference in <output>/{REFERENCE_DIR})")
     p.add_argument("--name", help="the model's display name in sweep.json and kick report "
                                   "(default: the model id, or a local folder's last part)")
     p.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and exit")
