@@ -10,6 +10,8 @@ too) written WITH ``--log_samples``. Documents are paired by ``doc_id`` + ``doc_
 * ``retention``  share of the items the dense model got right that the compressed model still gets right
 * ``gain``       share of the items the dense model got wrong that the compressed model gets right
   (``lost`` / ``gained`` give the counts of the two kinds of flips)
+* ``flips``      share of items whose correctness changed, either direction: (lost + gained) / n
+  (Dutta et al., "Accuracy is Not All You Need", 2024); binary metrics only
 * ``agreement``  share of items with identical answers: the normalized ``filtered_resps``
   (strip, lower-case, collapse white space) for generation, the chosen option for multiple choice
 * ``difference`` compressed minus dense mean score on the paired items, with a seeded percentile
@@ -18,7 +20,9 @@ too) written WITH ``--log_samples``. Documents are paired by ``doc_id`` + ``doc_
 
 Continuous per-item scores (e.g. judge ratings) get the mean paired difference and its CI only.
 Tasks whose per-item values are not scores (perplexities: ``[loglikelihood, length]`` pairs) are
-compared on their aggregate values only.
+compared on their aggregate values only; when the compressed run was compared with a dense reference
+(``kick_wikitext_ppl`` with ``--metadata kick_reference=DIR``), its divergence metrics (KLD, same top
+token, dp, ln PPL ratio; kick_tasks/divergence.py) are listed under ``divergence``.
 
 The metric that decides "correct" per task (:func:`primary_metric`): ``--metric`` if given; else
 the task's entry in :data:`TASK_PRIMARY_METRIC`; else the first of :data:`METRIC_PREFERENCE` the
@@ -42,6 +46,7 @@ from typing import Any, Sequence
 from kick_analysis.results_io import (ResultsError, Run, data_differences, data_provenance, format_provenance, load_samples,
                                    load_single_run)
 from kick_analysis.stats import bootstrap_mean_ci, mcnemar_exact
+from kick_tasks.divergence import METRICS as DIVERGENCE_METRICS
 from kick_tasks.names import canonical_metric
 
 #: Per-task primary metric of the kick tasks (fnmatch patterns; override with --metric).
@@ -276,6 +281,7 @@ def compare_samples(task: str, dense: Sequence[dict[str, Any]], compressed: Sequ
             kept=both,
             lost=lost,
             gained=gained,
+            flips=(lost + gained) / len(dv),
             retention=both / dense_right if dense_right else None,
             gain=gained / dense_wrong if dense_wrong else None,
             mcnemar_p=p,
@@ -301,7 +307,11 @@ def compare_aggregate(task: str, dense: Run, compressed: Run) -> dict[str, Any]:
     if nd != nc:
         warnings.warn(f"task {task}: the runs scored different numbers of documents ({nd} dense, {nc} compressed); "
                       "their aggregate values are not comparable", stacklevel=2)
-    return {"task": task, "kind": "aggregate-only", "n_dense": nd, "n_compressed": nc, "metrics": metrics}
+    out = {"task": task, "kind": "aggregate-only", "n_dense": nd, "n_compressed": nc, "metrics": metrics}
+    divergence = {m: _as_float(v) for (m, f), v in cvals.items() if m in DIVERGENCE_METRICS and f == "none"}
+    if divergence:
+        out["divergence"] = divergence
+    return out
 
 
 # --------------------------------------------------------------------------- two runs
@@ -462,23 +472,34 @@ def _fmt(value: Any, pct: bool = False, digits: int = 3) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of a :func:`compare_runs` report."""
-    head = ["task", "metric", "n", "dense", "compressed", "diff [95% CI]", "retention", "gain", "agreement",
-            "McNemar p"]
+    head = ["task", "metric", "n", "dense", "compressed", "diff [95% CI]", "retention", "gain", "flips",
+            "agreement", "McNemar p"]
     rows = []
     entries = list(report["tasks"].items()) + [(f"{g} (pooled)", r) for g, r in report.get("groups", {}).items()]
     for task, r in entries:
         if r.get("metric") is None:
             for key, m in (r.get("metrics") or {}).items():
                 rows.append([task, key, "-", _fmt(m["dense"]), _fmt(m["compressed"]),
-                             f"x{m['ratio']:.3f}" if m.get("ratio") else "-", "-", "-",
+                             f"x{m['ratio']:.3f}" if m.get("ratio") else "-", "-", "-", "-",
                              _fmt(r.get("agreement"), pct=True), "-"])
+            div = r.get("divergence") or {}
+            for name, unc, pct in (("kld_mean", "kld_mean_unc", False), ("kld_p99", None, False),
+                                   ("same_top", "same_top_unc", True), ("ln_ppl_ratio", "ln_ppl_ratio_unc", False)):
+                if div.get(name) is None:
+                    continue
+                value = _fmt(div[name], pct=pct, digits=4) + (f" \u00b1 {_fmt(div[unc], pct=pct, digits=4)}"
+                                                             if unc and div.get(unc) is not None else "")
+                label = name + (" (lower bound: top-k reference)" if name.startswith("kld") and div.get(
+                    "kld_lower_bound") else "")
+                rows.append([task, label, _fmt(int(div["kld_tokens"])) if div.get("kld_tokens") else "-", "-",
+                             value, "-", "-", "-", "-", "-", "-"])
             continue
         mark = " \u2020" if r.get("significant") else ""
         rows.append([
             task, r["metric"], str(r["n_matched"]), _fmt(r["dense_score"]), _fmt(r["compressed_score"]),
             f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{mark}",
-            _fmt(r.get("retention"), pct=True), _fmt(r.get("gain"), pct=True), _fmt(r.get("agreement"), pct=True),
-            _fmt(r.get("mcnemar_p")),
+            _fmt(r.get("retention"), pct=True), _fmt(r.get("gain"), pct=True), _fmt(r.get("flips"), pct=True),
+            _fmt(r.get("agreement"), pct=True), _fmt(r.get("mcnemar_p")),
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import json
 import math
 import shlex
 import signal

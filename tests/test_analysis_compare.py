@@ -145,6 +145,7 @@ def test_retention_gain_agreement_mcnemar_on_known_pairs():
     assert (r["kept"], r["lost"], r["gained"], r["dense_correct"]) == (6, 4, 1, 10)
     assert r["retention"] == pytest.approx(0.6)
     assert r["gain"] == pytest.approx(1 / 10)
+    assert r["flips"] == pytest.approx(5 / 20)  # Dutta et al.: correctness changed, either direction
     assert r["dense_score"] == pytest.approx(0.5) and r["compressed_score"] == pytest.approx(0.35)
     assert r["difference"] == pytest.approx(-0.15)
     assert r["ci_low"] <= -0.15 <= r["ci_high"]

@@ -224,6 +224,51 @@ def retention_vs_sparsity(plt, d: PlotData, task: str, have: Sequence[Entry]):
     return fig
 
 
+def _divergence(e: Entry, task: str, metric: str) -> float | None:
+    return 0.0 if e.is_dense else _value(e, task, metric, "none")
+
+
+def divergence_vs_score(plt, d: PlotData, ppl: Spec, score: Spec):
+    """Which measure predicts the knowledge loss: % of dense score against ln(PPL ratio) and against mean KLD."""
+    ptask = ppl[0]
+    task, metric, filt = score
+    dense_v = next((_value(de, task, metric, filt) for de in d.dense_entries
+                    if _value(de, task, metric, filt)), None)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.0), sharey=True)
+    for ax, (key, xlabel) in zip(axes, (("ln_ppl_ratio", "ln(PPL / PPL dense)"),
+                                        ("kld_mean", "mean KLD vs dense (nats/token)"))):
+        for method in ["dense", *d.prune_methods, *d.quant_methods]:
+            pts = [(_divergence(e, ptask, key), _value(e, task, metric, filt), short_label(e)) for e in d.entries
+                   if (e.is_dense if method == "dense" else e.info["method"] == method and not e.is_dense)]
+            pts = [(x, 100 * y / dense_v, lab) for x, y, lab in pts if x is not None and y is not None and dense_v]
+            if not pts:
+                continue
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="*" if method == "dense" else "o",
+                       s=120 if method == "dense" else 40, label=method, zorder=3)
+            for x, y, lab in pts:
+                ax.annotate(lab, (x, y), fontsize=6, alpha=0.8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        _finish(ax, xlabel.split(" (")[0], legend_size=7)
+    axes[0].set_ylabel(f"{task} {metric} (% of dense)")
+    fig.suptitle(f"does the divergence predict the knowledge loss? ({task})", fontsize=10)
+    return fig
+
+
+def flips_per_config(plt, d: PlotData, task: str, have: Sequence[Entry]):
+    """Flips (Dutta et al. 2024) per config: items lost and gained against the dense run, stacked, % of items."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labels = [e.label for e in have]
+    n = [max(e.paired[task].get("n_matched") or 1, 1) for e in have]
+    lost = [100 * e.paired[task]["lost"] / k for e, k in zip(have, n)]
+    gained = [100 * e.paired[task]["gained"] / k for e, k in zip(have, n)]
+    ax.bar(labels, lost, label="right -> wrong (lost)", color="#c0504d")
+    ax.bar(labels, gained, bottom=lost, label="wrong -> right (gained)", color="#4f81bd")
+    ax.set_ylabel("flips (% of items)")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    _finish(ax, f"{task}: flips vs the dense run")
+    return fig
+
+
 def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
     """Write the PNG plots; return their paths."""
     plt = _pyplot()
@@ -253,4 +298,11 @@ def make_plots(entries: Sequence[Entry], out: Path) -> list[Path]:
         have = [e for e in entries if e.paired.get(task, {}).get("retention") is not None]
         if have and d.prune_methods:
             save(retention_vs_sparsity(plt, d, task, have), f"retention_vs_sparsity_{_safe(task)}.png")
+        flipped = [e for e in entries if e.paired.get(task, {}).get("flips") is not None]
+        if flipped:
+            save(flips_per_config(plt, d, task, flipped), f"flips_{_safe(task)}.png")
+    for ppl in d.ppl_specs[:1]:
+        if any(_divergence(e, ppl[0], "kld_mean") for e in entries if not e.is_dense):
+            for score in d.score_specs:
+                save(divergence_vs_score(plt, d, ppl, score), f"divergence_vs_{_safe(score[0])}.png")
     return written

@@ -32,7 +32,7 @@ CSV_COLUMNS = [
     "config", "model", "model_class", "method", "kind", "sparsity", "sparsity_type", "wbits", "groupsize",
     "measured_sparsity", "bits_per_weight", "effective_bits", "compression_seconds", "task", "metric", "filter",
     "value", "stderr", "higher_is_better", "dense_value", "pct_of_dense", "ratio_to_dense", "is_primary",
-    "n_paired", "retention", "gain", "agreement", "difference", "ci_low", "ci_high", "mcnemar_p", "significant",
+    "n_paired", "retention", "gain", "flips", "agreement", "difference", "ci_low", "ci_high", "mcnemar_p", "significant",
     "folder",
 ]
 
@@ -66,6 +66,7 @@ def summary_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
                 p = e.paired.get(task)
                 if p and p.get("metric") == metric and p.get("filter", filt) == filt:
                     row.update(n_paired=p.get("n_matched"), retention=p.get("retention"), gain=p.get("gain"),
+                               flips=p.get("flips"),
                                agreement=p.get("agreement"), difference=p.get("difference"),
                                ci_low=p.get("ci_low"), ci_high=p.get("ci_high"), mcnemar_p=p.get("mcnemar_p"),
                                significant=p.get("significant"))
@@ -108,8 +109,10 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
         paired = any(task in e.paired and e.paired[task].get("metric") for e in entries)
         specs.append((task, metric, filt, ppl, paired))
         names = [f"{task} {metric}", "x dense" if ppl else "% of dense"]
+        if ppl and any(divergence_value(e, task, "kld_mean") is not None for e in entries):
+            names += ["KLD vs dense", "same top"]
         if paired and not ppl:
-            names += ["retention", "agreement", "McNemar p"]
+            names += ["retention", "flips", "agreement", "McNemar p"]
         head += [Cell(name, task=task) for name in names]
     rows = []
     for e in entries:
@@ -135,6 +138,8 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
             if ppl:
                 row += [Cell("-" if v is None else f"{v:.2f}", v),
                         Cell("-" if ratio is None else f"x{ratio:.2f}", ratio)]
+                if any(divergence_value(x, task, "kld_mean") is not None for x in entries):
+                    row += divergence_cells(e, task)
                 continue
             row += [Cell(_score(v), v), Cell("-" if ratio is None else f"{100 * ratio:.1f}%", ratio)]
             if paired:
@@ -142,10 +147,29 @@ def leaderboard_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[st
                 mark = f" {DAGGER}" if p.get("significant") else ""
                 pv = p.get("mcnemar_p")
                 row += [Cell(_pct(p.get("retention")), p.get("retention")),
+                        Cell(_pct(p.get("flips")), p.get("flips")),
                         Cell(_pct(p.get("agreement")), p.get("agreement")),
                         Cell(("-" if pv is None else f"{pv:.3g}") + mark if p else "-", pv)]
         rows.append(row)
     return head, rows
+
+
+def divergence_value(e: Entry, task: str, metric: str) -> float | None:
+    """A divergence metric (kick_tasks/divergence.py) of a run compared with a dense reference, else None."""
+    return _num(e.run.results.get(task, {}).get(f"{metric},none"))
+
+
+def divergence_cells(e: Entry, task: str) -> list[str]:
+    """``KLD vs dense`` (mean +- uncertainty; ">=" when the reference held only the dense top-k) and ``same top``."""
+    if e.is_dense:
+        return [Cell("0 (reference)", 0.0), Cell("100.0%", 1.0)]
+    kld = divergence_value(e, task, "kld_mean")
+    if kld is None:
+        return [Cell("-"), Cell("-")]
+    unc = divergence_value(e, task, "kld_mean_unc")
+    bound = ">= " if divergence_value(e, task, "kld_lower_bound") else ""
+    same = divergence_value(e, task, "same_top")
+    return [Cell(f"{bound}{kld:.4f}" + (f" \u00b1 {unc:.4f}" if unc else ""), kld), Cell(_pct(same), same)]
 
 
 def leaderboard_markdown(entries: Sequence[Entry]) -> str:
@@ -162,8 +186,11 @@ def leaderboard_markdown(entries: Sequence[Entry]) -> str:
         "Scores are percentages (accuracy-like metrics x 100) unless marked otherwise; `% of dense` = score / dense "
         "score. retention = share of the items the dense model answered correctly that the compressed model still "
         "answers correctly; agreement = share of items with the same (normalized) answer; McNemar p = exact test on "
-        f"the paired right/wrong outcomes; {DAGGER} = significant at {int(100 * SIGNIFICANCE_LEVEL)}%. "
-        "Perplexity columns: lower is better, `x dense` = perplexity / dense perplexity.",
+        f"the paired right/wrong outcomes; {DAGGER} = significant at {int(100 * SIGNIFICANCE_LEVEL)}%; flips = share "
+        "of items whose correctness changed, either direction (Dutta et al. 2024). "
+        "Perplexity columns: lower is better, `x dense` = perplexity / dense perplexity. KLD vs dense = mean "
+        "KL(P_dense || P_compressed) per scored token in nats (+- its uncertainty; `>=` marks a lower bound from a "
+        "top-k dense reference), same top = share of tokens whose most likely next token is the dense model's.",
     ]
     data = data_lines(entries)
     if data:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 25 study: dense vs Wanda 50% vs GPTQ 4-bit on SmolLM2-135M-Instruct (the demo model, GGUF Q4_1
+# dequantized to float32), demo data (KICK_DATA_DIR unset -> kick_analysis/demo_data), through kick sweep:
+# the dense config writes the divergence reference, the others compare with it. Then kick report.
+# Usage: bash docs/studies/divergence_smollm2/run_study.sh [OUT]   (default runs/divergence_study)
+set -euo pipefail
+OUT=${1:-runs/divergence_study}
+PY=${PYTHON:-python}
+M=$($PY -c "from kick_analysis.demo import smollm2_folder; print(smollm2_folder())")
+export KICK_DATA_DIR=$($PY -c "from kick_analysis.demo import DEMO_DATA_DIR; print(DEMO_DATA_DIR)")
+$PY -m kick_analysis.cli sweep --model "$M" --name SmolLM2-135M-Instruct \
+  --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf,dtype=float32 \
+  --output "$OUT/sweep" --methods wanda,gptq --sparsity 0.5 --wbits 4 --groupsize 128 \
+  --calib c4 --nsamples 32 --seqlen 512 \
+  --tasks kick_factoid_qa,kick_wikitext_ppl --limit "${LIMIT:-60}" --batch_size 16 --device cpu \
+  -- --gen_kwargs max_gen_toks=16 --metadata '{"ppl_seqlen": 512}' --apply_chat_template
+$PY -m kick_analysis.cli report "$OUT/sweep" --out "$OUT/report"
