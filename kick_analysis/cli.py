@@ -8,6 +8,7 @@
     kick report ...    summary.csv, leaderboard.md and plots over lm-eval results folders
     kick compare ...   dense-relative retention / flips / McNemar between two runs
     kick convert-gguf  a GGUF file as a plain safetensors checkpoint folder
+    kick inspect DIR   what a checkpoint holds: declared format, measured bits per weight and sparsity
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "report": ("kick_analysis.report:main", "summary.csv, leaderboard.md and plots from results folders"),
     "compare": ("kick_analysis.compare:main", "dense-relative retention, flips and McNemar between two runs"),
     "convert-gguf": ("kick_models.gguf:main", "a GGUF file as a plain safetensors checkpoint folder"),
+    "inspect": ("kick_models.checkpoint_info:main", "measured format, bits per weight and sparsity of a checkpoint"),
 }
 
 

@@ -367,8 +367,11 @@ def compression_info(run: Run) -> dict[str, Any]:
         kind = "quant"
     elif method and (sparsity or ":" in sparsity_type):
         kind = "prune"
-    else:  # plain hf (or any other model class) or a pruning method at sparsity 0
+    elif summary or str(model).startswith("kick-") or sweep_slug(run.folder) == "dense":
+        # a kick class at sparsity 0, or the baseline config of a kick sweep (``--model hf``, by construction)
         kind, method = "dense", "dense"
+    else:  # a model kick did not compress: label it from what its checkpoint holds (never "dense" by default)
+        return inspected_info(run)
     if kind == "prune" and ":" in sparsity_type:
         n, m = sparsity_type.split(":", 1)
         try:
@@ -391,9 +394,47 @@ def compression_info(run: Run) -> dict[str, Any]:
     return info
 
 
+def inspected_info(run: Run) -> dict[str, Any]:
+    """compression_info of a run kick did not compress: ``kick inspect`` of its local checkpoint
+    (:mod:`kick_models.checkpoint_info`), or kind ``unknown`` when the checkpoint cannot be read here."""
+    from kick_models.checkpoint_info import InspectError, describe
+
+    base = {"sparsity": None, "sparsity_type": None, "wbits": None, "groupsize": None, "measured_sparsity": None,
+            "bits_per_weight": None, "seconds": None, "coverage": None}
+    args = run.model_args
+    try:
+        record = _inspect(str(args.get("pretrained", run.pretrained)), str(args.get("gguf_file") or "") or None)
+    except (InspectError, OSError, ValueError) as exc:
+        return {**base, "kind": "unknown", "method": f"{run.model} (not inspected: {exc})"}
+    info = {**base, **describe(record)}
+    if info["kind"] == "prune":
+        info["sparsity"], info["sparsity_type"] = info["measured_sparsity"], "unstructured"
+    if info["kind"] == "dense":
+        info["sparsity"] = 0.0
+    return info
+
+
+_INSPECTED: dict[tuple, dict[str, Any]] = {}
+
+
+def _inspect(pretrained: str, gguf_file: str | None) -> dict[str, Any]:
+    from kick_models.checkpoint_info import inspect_checkpoint
+
+    folder = Path(pretrained)
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir())) \
+        if folder.is_dir() else ()
+    key = (str(folder.resolve()) if folder.exists() else pretrained, gguf_file, stamp)
+    if key not in _INSPECTED:
+        _INSPECTED[key] = inspect_checkpoint(folder, gguf_file)
+    return _INSPECTED[key]
+
+
 def config_label(run: Run) -> str:
-    """Short human label: ``dense``, ``wanda 50%``, ``sparsegpt 2:4``, ``gptq 4-bit g128``."""
+    """Short human label: ``dense``, ``wanda 50%``, ``sparsegpt 2:4``, ``gptq 4-bit g128``; for a checkpoint
+    kick did not compress, what ``kick inspect`` measured (``compressed-tensors W4A16 ... 4.27 bits/w``)."""
     info = compression_info(run)
+    if info.get("inspected") or info["kind"] == "unknown":
+        return inspected_label(info)
     if info["kind"] == "dense":
         return "dense"
     if info["kind"] == "prune":
@@ -416,6 +457,25 @@ def display_name(pretrained: str, name: str | None = None) -> str:
     text = str(pretrained).rstrip("/\\")
     looks_local = text.startswith(("/", ".", "~", "<")) or "\\" in text or Path(text).expanduser().exists()
     return Path(text).name if looks_local and Path(text).name else text
+
+
+def inspected_label(info: dict[str, Any]) -> str:
+    if info["kind"] == "unknown":
+        return info["method"]
+    bits = info.get("bits_per_weight")
+    measured = [f"{bits:.2f} bits/w" if bits is not None else None,
+                f"{100 * info['measured_sparsity']:.1f}% zeros" if info.get("measured_sparsity") else None]
+    what = "float weights" if info["kind"] == "dense" else info["method"]
+    return f"{what} [{', '.join(m for m in measured if m)}, measured]"
+
+
+def sweep_slug(folder: Path) -> str | None:
+    """Config slug when ``folder`` lies inside a ``kick sweep`` output (``<sweep>/<slug>/...``)."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if (parent / "sweep.json").is_file() and parent != folder:
+            return folder.relative_to(parent).parts[0]
+    return None
 
 
 def sweep_manifest(folder: Path) -> dict[str, Any] | None:

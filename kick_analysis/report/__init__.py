@@ -5,8 +5,12 @@
 DIRs are walked recursively for lm-eval ``results_*.json`` (``kick sweep`` folders, plain
 ``lm_eval --output_path`` folders, any mix); a DIR without lm-eval output is skipped with a
 warning naming it. Runs are grouped by base model (``pretrained`` + ``gguf_file`` + ``revision``);
-in each group the uncompressed run (``--model hf``, or a kick class at sparsity 0) is the dense
-baseline every other run is scored against.
+in each group the uncompressed run (a kick class at sparsity 0, a ``kick sweep``'s dense config, or a
+``--model hf`` checkpoint that ``kick inspect`` measures as plain float weights without zeros) is the
+dense baseline every other run is scored against. ``--dense DIR`` names the baseline instead: every
+other run (e.g. checkpoints compressed by llm-compressor, GPTQ/AWQ, a GGUF quant) is scored against it.
+A run kick did not compress is labelled from what its checkpoint declares and holds (kick inspect:
+format, measured bits per weight and zeros), never as dense because kick did not compress it.
 
 Outputs in OUTDIR:
 
@@ -61,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", dest="html", action="store_false", help="do not write report.html")
     p.add_argument("--html", dest="html", action="store_true", default=True,
                    help="write report.html (the default; kept for older scripts)")
+    p.add_argument("--dense", action="append", default=[], metavar="DIR",
+                   help="the dense baseline run(s): every other run is scored against it, whatever checkpoint it "
+                        "loads (needed for checkpoints compressed elsewhere; repeatable)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the paired CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not args.no_plots:
                 _pyplot()  # fail early, before the work
-            entries = collect(args.dirs, n_resamples=args.resamples, seed=args.seed)
+            entries = collect(args.dirs, n_resamples=args.resamples, seed=args.seed, dense_dirs=args.dense)
             out.mkdir(parents=True, exist_ok=True)
             rows = summary_rows(entries)
             write_csv(rows, out / "summary.csv")

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from kick_analysis.compare import METRIC_PREFERENCE, aggregate_only, compare_runs, table_metric
 from kick_analysis.report.items import flipped_items
-from kick_analysis.results_io import Run, compression_info, config_label, data_differences, display_name, load_runs
+from kick_analysis.results_io import (Run, compression_info, config_label, data_differences, display_name, load_runs,
+                                      sweep_slug)
 
 MASK_BITS = 1.0  # presence-mask overhead per weight for pruned models (see the kick_analysis.report docstring)
 DENSE_BITS = 16.0
@@ -80,14 +81,6 @@ def _sort_key(e: Entry) -> tuple:
     kind = {"dense": 0, "prune": 1, "quant": 2}.get(e.info["kind"], 3)
     nm = 1 if (e.info.get("sparsity_type") or "unstructured") != "unstructured" else 0
     return (e.base, kind, e.info["method"], nm, e.info.get("sparsity") or 0, -(e.info.get("wbits") or 0), e.label)
-
-
-def _sweep_slug(folder: Path) -> str | None:
-    """Config slug when ``folder`` lies inside a ``kick sweep`` output (``<sweep>/<slug>/...``)."""
-    for parent in [folder, *folder.parents]:
-        if (parent / "sweep.json").is_file() and parent != folder:
-            return folder.relative_to(parent).parts[0]
-    return None
 
 
 def _base_key(run: Run) -> tuple[str, str, str]:
@@ -175,15 +168,34 @@ def _missing_samples_notes(e: Entry, ref: Entry) -> list[str]:
     return notes
 
 
-def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0) -> list[Entry]:
-    """Load every run under ``dirs``, find each one's dense baseline and compute the paired stats."""
-    runs = load_runs(dirs)
+def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0,
+            dense_dirs: Sequence[str | Path] = ()) -> list[Entry]:
+    """Load every run under ``dirs``, find each one's dense baseline and compute the paired stats.
+
+    ``dense_dirs`` (``kick report --dense DIR``): the runs there are THE dense baseline of every other run,
+    whatever model they load (checkpoints compressed elsewhere have their own paths); without it runs are grouped
+    by base model and paired with the group's uncompressed run."""
+    named = {r.folder for r in load_runs(dense_dirs)} if dense_dirs else set()
+    if dense_dirs and not named:
+        raise ReportError(f"--dense: no lm-eval results found under {', '.join(map(str, dense_dirs))}")
+    runs = load_runs([*dense_dirs, *dirs])
     if not runs:
         raise ReportError(f"no lm-eval results found under {', '.join(map(str, dirs))}")
+    seen: set[Path] = set()
     entries = []
     for run in runs:
-        slug = _sweep_slug(run.folder)
-        entries.append(Entry(run, slug or config_label(run), compression_info(run), _base_key(run)))
+        if run.folder in seen:
+            continue
+        seen.add(run.folder)
+        slug = sweep_slug(run.folder)
+        info = compression_info(run)
+        label = slug or config_label(run)
+        if run.folder in named:
+            info = {**info, "kind": "dense", "method": "dense", "named_dense": True}
+            label = "dense (--dense)" if not slug else slug
+        elif named and info["kind"] == "dense":  # an unnamed float run beside the named baseline
+            info = {**info, "kind": "unknown"}
+        entries.append(Entry(run, label, info, ("(named dense)", "", "") if named else _base_key(run)))
     _disambiguate(entries)
     for base in dict.fromkeys(e.base for e in entries):
         group = [e for e in entries if e.base == base]
