@@ -152,7 +152,7 @@ def missing_baseline_note(e: Entry) -> str:
     model = display_name(e.base[0]) + (f" ({e.base[1]})" if e.base[1] else "")
     return (f"no dense baseline: no uncompressed run of {model} among the report's folders; evaluate it "
             f"(lm_eval --model hf --model_args pretrained={e.base[0]} --log_samples, same tasks) and add its "
-            "output folder to kick report")
+            "output folder to kick report (as --dense DIR when kick inspect cannot read its checkpoint here)")
 
 
 def _missing_samples_notes(e: Entry, ref: Entry) -> list[str]:
@@ -202,7 +202,8 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0,
         dense = [e for e in group if e.is_dense]
         if not dense:
             warnings.warn(f"no dense (uncompressed) run of {display_name(base[0])} among the folders: no dense-relative columns "
-                          "for its configs", stacklevel=2)
+                          "for its configs (name the baseline with --dense DIR: a plain hf run counts as dense only "
+                          "when kick inspect reads float weights without zeros in its checkpoint)", stacklevel=2)
             for e in group:
                 e.item_notes.append(missing_baseline_note(e))
             continue
