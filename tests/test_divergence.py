@@ -118,6 +118,8 @@ def test_perturbed_copy_matches_full_logit_computation(tiny_llama_dir, perturbed
     assert metric(result, "same_top") == pytest.approx(want["same_top"].mean(), abs=1e-12)
     assert metric(result, "dp_mean") == pytest.approx(want["dp"].mean(), abs=1e-6)
     assert metric(result, "dp_rms") == pytest.approx(math.sqrt(np.mean(want["dp"] ** 2)), rel=1e-5)
+    # the top-256 form's value on the same tokens (computed from the full reference): a lower bound here
+    assert 0 < metric(result, "kld_topk_mean") <= metric(result, "kld_mean")
     ln_ratio = want["nll_comp"].mean() - want["nll_base"].mean()
     assert metric(result, "ln_ppl_ratio") == pytest.approx(ln_ratio, abs=1e-6)
     assert math.log(metric(result, "token_perplexity")) - math.log(math.exp(want["nll_base"].mean())) == \
@@ -183,3 +185,12 @@ def test_corrupt_or_truncated_reference_is_refused(tiny_llama_dir, full_referenc
     (bad / "reference.json").write_text(json.dumps(header)[:40])
     with pytest.raises(divergence.ReferenceError, match="corrupt"):
         evaluate(tiny_llama_dir, kick_reference=str(bad))
+
+
+def test_yaml_lists_every_divergence_metric():
+    text = (Path(wikitext_ppl.__file__).parents[1] / "task_yaml" / "wikitext_ppl" / "kick_wikitext_ppl.yaml").read_text()
+    listed = {}
+    for block in text.split("  - metric: ")[1:]:
+        name = block.split("\n", 1)[0].strip()
+        listed[name] = "higher_is_better: true" in block.split("  - metric")[0]
+    assert {k: v for k, v in listed.items() if k in divergence.METRICS} == divergence.METRICS
