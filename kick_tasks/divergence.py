@@ -365,12 +365,14 @@ def summarize(per_token: dict[str, np.ndarray], lower_bound: bool) -> dict[str, 
 CAPTURED: dict[str, dict[str, Any]] = {}
 
 
-def request_key(context: str, continuation: str) -> str:
-    return hashlib.sha256(f"{len(context)}:{context}{continuation}".encode()).hexdigest()
+def window_key(doc: dict[str, Any]) -> str:
+    """The hand-over key of one window: its index and token ids (not the request text, which lm-eval may
+    rewrite, e.g. with --apply_chat_template)."""
+    return f"{doc['window']}:{doc['window_sha256']}"
 
 
-def take_captured(context: str, continuation: str) -> dict[str, Any]:
-    key = request_key(context, continuation)
+def take_captured(doc: dict[str, Any]) -> dict[str, Any]:
+    key = window_key(doc)
     if key not in CAPTURED:
         raise RuntimeError(
             "kick_wikitext_ppl divergence: this window's token distributions were not captured. The capture works "

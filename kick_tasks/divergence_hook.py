@@ -112,7 +112,7 @@ def score_requests(lm, requests) -> list[tuple[float, bool]]:
         whole, logits, targets = _window_logits(lm, context, continuation)
         results.append(_hflm_result(lm, logits, targets))
         cpu_logits, cpu_targets = logits.float().cpu(), targets.cpu()
-        key = divergence.request_key(context, continuation)
+        key = divergence.window_key(request.doc)
         if reference is not None:
             per_token = divergence.compare_window(reference.window(window, whole), cpu_logits, cpu_targets)
             divergence.CAPTURED[key] = {**per_token, "lower_bound": reference.form == "topk"}

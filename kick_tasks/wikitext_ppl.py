@@ -285,7 +285,7 @@ def process_results(doc: dict[str, Any], results: list) -> dict[str, Any]:
     }
     spec = doc.get(DIVERGENCE_FIELD)
     if spec:
-        captured = divergence.take_captured(doc["context"], doc["continuation"])
+        captured = divergence.take_captured(doc)
         if json.loads(spec)["mode"] == "compare":
             record = {"key": captured["key"], "window": doc["window"], "kld_mean": float(captured["kld"].mean())}
             out.update({name: record for name in divergence.METRICS})

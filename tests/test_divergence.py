@@ -38,7 +38,7 @@ def perturbed_dir(tiny_llama_dir, tmp_path_factory):
     return path
 
 
-def evaluate(path: Path, data_dir: Path = FIXTURES, seqlen: int = SEQLEN, **metadata):
+def evaluate(path: Path, data_dir: Path = FIXTURES, seqlen: int = SEQLEN, chat: bool = False, **metadata):
     import lm_eval
 
     import kick_tasks
@@ -46,7 +46,8 @@ def evaluate(path: Path, data_dir: Path = FIXTURES, seqlen: int = SEQLEN, **meta
     tm = kick_tasks.task_manager(include_defaults=False, metadata={
         "data_dir": str(data_dir), "ppl_seqlen": seqlen, "pretrained": str(path), **metadata})
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path},dtype=float32",
-                                  tasks=["kick_wikitext_ppl"], device="cpu", task_manager=tm, log_samples=True)
+                                  tasks=["kick_wikitext_ppl"], device="cpu", task_manager=tm, log_samples=True,
+                                  apply_chat_template=chat)
     return out["results"]["kick_wikitext_ppl"], out["samples"]["kick_wikitext_ppl"]
 
 
@@ -194,3 +195,13 @@ def test_yaml_lists_every_divergence_metric():
         name = block.split("\n", 1)[0].strip()
         listed[name] = "higher_is_better: true" in block.split("  - metric")[0]
     assert {k: v for k, v in listed.items() if k in divergence.METRICS} == divergence.METRICS
+
+
+def test_chat_template_runs_are_compared_too(tiny_llama_dir, perturbed_dir, tmp_path, one_torch_thread):
+    """--apply_chat_template rewrites the request text: windows are matched by index and token ids, not text."""
+    ref = tmp_path / "chat_ref"
+    evaluate(tiny_llama_dir, chat=True, kick_reference_out=str(ref))
+    same, _ = evaluate(tiny_llama_dir, chat=True, kick_reference=str(ref))
+    assert metric(same, "kld_max") == 0.0 and metric(same, "same_top") == 1.0
+    other, _ = evaluate(perturbed_dir, chat=True, kick_reference=str(ref))
+    assert metric(other, "kld_mean") > 0.01

@@ -12,6 +12,6 @@ $PY -m kick_analysis.cli sweep --model "$M" --name SmolLM2-135M-Instruct \
   --model_args gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf,dtype=float32 \
   --output "$OUT/sweep" --methods wanda,gptq --sparsity 0.5 --wbits 4 --groupsize 128 \
   --calib c4 --nsamples 32 --seqlen 512 \
-  --tasks kick_factoid_qa,kick_wikitext_ppl --limit "${LIMIT:-30}" --batch_size 16 --device cpu \
+  --tasks kick_factoid_qa,kick_wikitext_ppl --limit "${LIMIT:-30}" --batch_size 16 --device cpu --jobs "${JOBS:-1}" \
   -- --gen_kwargs max_gen_toks=16 --metadata '{"ppl_seqlen": 512}' --apply_chat_template
 $PY -m kick_analysis.cli report "$OUT/sweep" --out "$OUT/report"
