@@ -295,48 +295,95 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def verify_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """The weights ``model`` will use (offloaded ones read back from where they live) equal the cached ones."""
-    from kick_models.compress.placement import read_tensor
-
-    wrong = []
-    for key, value in tensors.items():
-        if key.startswith(QUANT_PREFIX):
-            continue
-        used = read_tensor(model, key)
-        if not torch.equal(used.to("cpu"), value.to(dtype=used.dtype)):
-            wrong.append(key)
+    wrong = [key for key, value in tensors.items() if not key.startswith(QUANT_PREFIX) and not _took(model, key, value)]
     if wrong:
         raise RuntimeError(f"kick cache: restoring compressed weights did not take for {len(wrong)} tensor(s) "
                            f"(first: {wrong[0]}); the model would run with weights other than the cached ones.")
 
 
-def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:
-    """``"<parameter>" -> tensor`` (CPU, contiguous) for every parameter holding a compressed matrix of ``report``
-    (a Linear's ``.weight``, a Conv1D weight, a fused MoE experts tensor: once for all its expert slices)."""
+def _took(model: torch.nn.Module, key: str, value: torch.Tensor) -> bool:
     from kick_models.compress.placement import read_tensor
 
-    out = {}
-    for layer in report.layers:
-        name = getattr(layer, "param", None) or f"{layer.name}.weight"
-        if name not in out:
-            out[name] = read_tensor(model, name).to("cpu").contiguous()  # offloaded: from its hook's map
-    return out
+    used = read_tensor(model, key)
+    return torch.equal(used.to("cpu"), value.to(dtype=used.dtype))
+
+
+def compressed_parameter_names(report: Any) -> list[str]:
+    """Every parameter holding a compressed matrix of ``report`` (a Linear's ``.weight``, a Conv1D weight, a fused
+    MoE experts tensor: once for all its expert slices), in first-seen order."""
+    return list(dict.fromkeys(getattr(layer, "param", None) or f"{layer.name}.weight" for layer in report.layers))
+
+
+def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:
+    """``"<parameter>" -> tensor`` (CPU, contiguous) for every parameter of :func:`compressed_parameter_names`.
+    Holds them all at once: the cache itself streams them (:func:`write_safetensors_streaming`)."""
+    from kick_models.compress.placement import read_tensor
+
+    return {name: read_tensor(model, name).to("cpu").contiguous() for name in compressed_parameter_names(report)}
 
 
 def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
     """Copy cached tensors into ``model`` (in place, or where offloaded weights live); returns how many."""
-    from kick_models.compress.placement import write_tensor
-
     n = 0
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith(QUANT_PREFIX):
-                continue
-            param = model.get_parameter(key)
-            if tuple(param.shape) != tuple(value.shape):
-                raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(param.shape)}")
-            write_tensor(model, key, value)  # in place, or where an offloaded weight lives
+    for key, value in tensors.items():
+        if not key.startswith(QUANT_PREFIX):
+            _apply_one(model, key, value)
             n += 1
     return n
+
+
+def _apply_one(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+    from kick_models.compress.placement import write_tensor
+
+    param = model.get_parameter(key)
+    if tuple(param.shape) != tuple(value.shape):
+        raise ValueError(f"cached weight {key} has shape {tuple(value.shape)}, model has {tuple(param.shape)}")
+    with torch.no_grad():
+        write_tensor(model, key, value)  # in place, or where an offloaded weight lives
+
+
+#: safetensors dtype names (https://github.com/huggingface/safetensors, format.md).
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def write_safetensors_streaming(path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                                produce: Any, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file holding ONE tensor in memory at a time (``safetensors.torch.save_file`` needs them
+    all): the header is laid out from ``specs`` (name -> dtype, shape), then ``produce(name)`` is called for each
+    name in order and its bytes appended. ``safetensors.safe_open`` / ``load_file`` read the result."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: dtype {dtype} cannot be stored in the kick cache")
+        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for name, (dtype, shape) in specs.items():
+            value = produce(name).detach().to("cpu")
+            if value.dtype != dtype or tuple(value.shape) != tuple(shape):
+                raise ValueError(f"{name}: got {value.dtype} {tuple(value.shape)}, expected {dtype} {tuple(shape)}")
+            f.write(value.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            del value
+
+
+def _entry_tensors(model: torch.nn.Module, report: Any) -> tuple[dict, Any]:
+    """(specs, produce) of an entry for :func:`write_safetensors_streaming`: the compressed parameters (read one
+    at a time, offloaded ones from their hook's map) and the report's quantization parameters."""
+    from kick_models.compress.placement import read_tensor
+
+    quant = {QUANT_PREFIX + k: v for k, v in report_quant_params(report).items()}
+    specs = {name: (model.get_parameter(name).dtype, tuple(model.get_parameter(name).shape))
+             for name in compressed_parameter_names(report)}
+    specs.update({k: (v.dtype, tuple(v.shape)) for k, v in quant.items()})
+    return specs, lambda name: quant[name] if name in quant else read_tensor(model, name)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -367,9 +414,10 @@ class CompressionCache:
         return self.entries / key
 
     # -- read -----------------------------------------------------------------
-    def read(self, key: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
-        """``(entry json, tensors)`` of a valid entry, or None (missing or corrupted -> removed)."""
-        from safetensors.torch import load_file
+    def check(self, key: str) -> dict | None:
+        """The entry JSON of a valid entry (metadata matches, weights' sha256 as recorded, a readable safetensors
+        file), or None (missing; corrupted -> warned about and removed)."""
+        from safetensors import safe_open
 
         folder = self.entry_dir(key)
         meta_path, weights_path = folder / ENTRY_FILE, folder / WEIGHTS_FILE
@@ -382,38 +430,63 @@ class CompressionCache:
             digest = sha256_file(weights_path)
             if digest != meta.get("weights_sha256"):
                 raise ValueError(f"sha256 of {WEIGHTS_FILE} is {digest[:12]}..., entry says {str(meta.get('weights_sha256'))[:12]}...")
-            tensors = load_file(str(weights_path))
+            with safe_open(str(weights_path), framework="pt") as f:
+                f.keys()
         except Exception as exc:  # noqa: BLE001 - any damage means: rebuild
             msg = f"kick cache entry {folder} is corrupted ({exc}); removing it and recompressing"
-            warnings.warn(msg, CacheWarning, stacklevel=2)
+            warnings.warn(msg, CacheWarning, stacklevel=3)
             self.remove(key)
             return None
-        return meta, tensors
+        return meta
+
+    def read(self, key: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """``(entry json, tensors)`` of a valid entry, all tensors in memory, or None (see :meth:`check`)."""
+        from safetensors.torch import load_file
+
+        meta = self.check(key)
+        if meta is None:
+            return None
+        return meta, load_file(str(self.entry_dir(key) / WEIGHTS_FILE))
 
     def load_into(self, key: str, model: torch.nn.Module) -> Any | None:
-        """Apply a cached entry to ``model``; returns the CompressionReport or None on a miss."""
-        got = self.read(key)
-        if got is None:
+        """Apply a cached entry to ``model``; returns the CompressionReport or None on a miss.
+
+        One tensor at a time (read, written where the model keeps it -- in place or through an offloaded module's
+        write-back path -- and read back to verify it took), so a restore onto an offloaded model needs one
+        weight's worth of memory, not the entry's."""
+        from safetensors import safe_open
+
+        meta = self.check(key)
+        if meta is None:
             return None
-        meta, tensors = got
-        apply_weights(model, tensors)
-        verify_weights(model, tensors)  # offloaded models: the restore went through the write-back path
-        qp = {k[len(QUANT_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUANT_PREFIX)}
-        return report_from_json(meta["report"], qp)
+        quant: dict[str, torch.Tensor] = {}
+        wrong: list[str] = []
+        with safe_open(str(self.entry_dir(key) / WEIGHTS_FILE), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                value = f.get_tensor(name)
+                if name.startswith(QUANT_PREFIX):
+                    quant[name[len(QUANT_PREFIX):]] = value
+                    continue
+                _apply_one(model, name, value)
+                if not _took(model, name, value):  # offloaded models: the restore went through the write-back path
+                    wrong.append(name)
+                del value
+        if wrong:
+            raise RuntimeError(f"kick cache: restoring compressed weights did not take for {len(wrong)} tensor(s) "
+                               f"(first: {wrong[0]}); the model would run with weights other than the cached ones.")
+        return report_from_json(meta["report"], quant)
 
     # -- write ----------------------------------------------------------------
     def store(self, key: str, model: torch.nn.Module, report: Any, key_parts: dict) -> Path | None:
-        """Write the entry atomically; on any OS error warn and return None (never raises OSError)."""
-        from safetensors.torch import save_file
-
+        """Write the entry atomically (compressed weights streamed one at a time from wherever the model keeps them);
+        on any OS error warn and return None (never raises OSError)."""
         final = self.entry_dir(key)
         tmp: Path | None = None
         try:
             self.entries.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.entries, prefix=f".tmp-{key[:12]}-"))
-            tensors = compressed_weights(model, report)
-            tensors.update({QUANT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in report_quant_params(report).items()})
-            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kick_cache_key": key})
+            write_safetensors_streaming(tmp / WEIGHTS_FILE, *_entry_tensors(model, report),
+                                        metadata={"kick_cache_key": key})
             meta = {
                 "format": CACHE_FORMAT,
                 "key": key,

@@ -117,6 +117,10 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
 
             # calibration data resolved (or a DataNotFoundError listing every place tried) before the load
             self._kick_record["calibration_data"] = resolve_source(self._kick_config.calibration.source)[2]
+        from kick_models.compress.host_memory import PhaseMemory
+
+        self._kick_memory = PhaseMemory()  # peak host / CUDA memory per phase, in the record (issue 27)
+        self._kick_memory.start("load")
         super().__init__(pretrained=pretrained, **rest)
         if self._kick_report is None:  # ``pretrained`` was a model object: _create_model was not called
             self._kick_apply(pretrained=pretrained, revision=rest.get("revision"), gguf_file=None,
@@ -146,8 +150,11 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
             delta=delta, commit_hash=getattr(getattr(self, "_config", None), "_commit_hash", None),
             described=self._kick_source,
         )
+        self._kick_memory.stop()  # the load
         self._kick_report, self._kick_record = compress_or_load(
-            model, self.tokenizer, self._kick_config, source, self._kick_options, self._kick_record)
+            model, self.tokenizer, self._kick_config, source, self._kick_options, self._kick_record,
+            memory=self._kick_memory)
+        self._kick_memory.start("evaluation")  # until lm-eval asks for get_model_info, after its evaluation
 
     # -- reporting --------------------------------------------------------------
     @property
@@ -174,9 +181,11 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
             **{k: summary[k] for k in ("damp_raised", "expert_tokens") if k in summary},
             "calibration_fingerprint": summary.get("calibration_fingerprint"),
             **self._kick_record,
+            "memory": self._kick_memory.record(),
         }
 
     def get_model_info(self) -> dict:
+        self._kick_memory.stop()  # lm-eval asks after its evaluation: that phase ends here
         info = super().get_model_info()
         info["kick_compression"] = self.compression_info()
         return info

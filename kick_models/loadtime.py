@@ -161,18 +161,21 @@ def _cache_key(cache, model, tokenizer, config, source: ModelSource, options: Lo
 
 
 def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSource, options: LoadTimeOptions,
-                     record: dict | None = None) -> tuple[Any, dict]:
+                     record: dict | None = None, memory: Any = None) -> tuple[Any, dict]:
     """Compress the loaded ``model`` in place (or load it from the cache); return ``(report, record)``.
 
     ``record`` (updated in place and returned) may already hold entries from argument checking
-    (e.g. ``calibration_data``).
+    (e.g. ``calibration_data``). ``memory``: a :class:`~kick_models.compress.host_memory.PhaseMemory` that
+    receives the phases ``compression``, ``cache_read``, ``cache_store``, ``save_compressed``.
     """
+    from kick_models.compress.host_memory import PhaseMemory
     from kick_models import distributed
     from kick_models.api import check_coverage, compress
     from kick_models.cache import CompressionCache
     from kick_models.compress.placement import describe
 
     record = {} if record is None else record
+    memory = PhaseMemory() if memory is None else memory
     check_coverage(model, config)  # uncovered block weights refused before any calibration work
     rank, world = distributed.world()
     record.update(compressed_in_this_process=False, compress_device=str(compute_device(model, options)))
@@ -189,6 +192,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
 
     def run_compression(calibration=None, progress: bool = True):
         """The one call into the compression core (counted in the record: a cache hit never gets here)."""
+        memory.start("compression")
         record["compressed_in_this_process"] = True
         logger.info("kick: compressing %s with %s", source.described.get("pretrained"), config)
         return compress(model, tokenizer, config, calibration=calibration, device=options.compress_device,
@@ -198,7 +202,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
         report = run_compression(progress=False)  # measures only
         record["compressed_in_this_process"] = False
         record["cache"] = {"status": "not used (sparsity=0: the model stays dense)"}
-        return _finish(model, tokenizer, report, record, source, options, t0)
+        return _finish(model, tokenizer, report, record, source, options, t0, memory)
 
     cache = CompressionCache.open(options.cache_dir) if options.cache_enabled else None
     status = "miss" if cache is not None else ("disabled" if not options.cache_enabled else "unwritable")
@@ -219,7 +223,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
     if cache is None:
         report = run_compression(progress=rank == 0)
         record["cache"] = {"status": status}
-        return _finish(model, tokenizer, report, record, source, options, t0)
+        return _finish(model, tokenizer, report, record, source, options, t0, memory)
 
     from kick_models.distributed import HeldLock
 
@@ -234,14 +238,16 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
             distributed.broadcast_object((key, parts))
     with lock:
         t_load = time.perf_counter()
-        report = cache.load_into(key, model)
+        with memory.phase("cache_read"):  # the lookup; on a hit the restore
+            report = cache.load_into(key, model)
         if report is not None:
             status = "hit"
             record["cache_load_seconds"] = round(time.perf_counter() - t_load, 3)
             logger.info("kick: loaded compressed weights from cache entry %s", cache.entry_dir(key))
         else:
             report = run_compression(calibration=tokens, progress=rank == 0)
-            stored = cache.store(key, model, report, parts)
+            with memory.phase("cache_store"):
+                stored = cache.store(key, model, report, parts)
             if stored is None:
                 status = "miss (not written)"
     record["cache"] = {
@@ -253,12 +259,13 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
         distributed.barrier()
         if rank == 0:
             shutil.rmtree(tmp_root, ignore_errors=True)
-    return _finish(model, tokenizer, report, record, source, options, t0)
+    return _finish(model, tokenizer, report, record, source, options, t0, memory)
 
 
 def _finish(model, tokenizer, report, record: dict, source: ModelSource, options: LoadTimeOptions,
-            t0: float) -> tuple[Any, dict]:
+            t0: float, memory: Any) -> tuple[Any, dict]:
     """Setup time, the optional export (rank 0 only) and the summary log line."""
+    memory.stop()  # the compression
     from kick_models import distributed
     from kick_models.export import save_compressed
 
@@ -266,6 +273,7 @@ def _finish(model, tokenizer, report, record: dict, source: ModelSource, options
     record["setup_seconds"] = round(time.perf_counter() - t0, 3)
     rank, _ = distributed.world()
     if options.save_to is not None and rank == 0:
+        memory.start("save_compressed")
         path = save_compressed(
             model, tokenizer, report, options.save_to,
             source=source.described, extra={"cache": record.get("cache")},
@@ -282,4 +290,5 @@ def _finish(model, tokenizer, report, record: dict, source: ModelSource, options
         if coverage else "coverage unknown",
         summary["seconds"], record.get("cache", {}).get("status"),
     )
+    memory.stop()
     return report, record

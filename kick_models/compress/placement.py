@@ -242,13 +242,24 @@ def state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def _materialized(module: nn.Module, hook: Any, device: torch.device) -> Iterator[None]:
+def _materialized(module: nn.Module, hook: Any, device: torch.device, private: bool = True) -> Iterator[None]:
     """``module``'s offloaded tensors loaded from the hook's weights map onto ``device`` and dropped back to meta
-    after: the calls accelerate's ``align_module_device`` makes, also for a hook inside a SequentialHook."""
+    after: the calls accelerate's ``align_module_device`` makes, also for a hook inside a SequentialHook.
+
+    ``private``: every tensor that lands on the CPU is copied, so that compressing it in place never writes into
+    what the weights map holds. Without the copy, a weight read from a safetensors checkpoint is a view of the
+    file's private (copy-on-write) memory map: zeroing half of it turned those pages into anonymous memory that
+    lived as long as the mapping, about one block's weights per block (issue 27); an in-RAM weights map would
+    have been changed before the write-back, also when the block fails."""
     original = hook.execution_device
     hook.execution_device = device
     try:
         hook.pre_forward(module)
+        if private:
+            for name in _own_tensor_names(module, hook):
+                tensor = _get(module, name)
+                if tensor.device.type == "cpu":
+                    tensor.data = tensor.data.clone()
         yield
     finally:
         hook.post_forward(module, None)
@@ -288,7 +299,7 @@ def onloaded(layer: nn.Module, device: torch.device, root: nn.Module | None = No
     seen: set[int] = set()
     with contextlib.ExitStack() as stack:
         for _, m, hook in offloaded:
-            stack.enter_context(_materialized(m, hook, device))
+            stack.enter_context(_materialized(m, hook, device, private=write_back))
         for _, m in modules:
             if id(m) in offloaded_ids:
                 continue
@@ -349,9 +360,20 @@ def describe(model: nn.Module) -> dict | None:
 
 
 def save_pretrained_kwargs(model: nn.Module) -> dict:
-    """Extra ``save_pretrained`` arguments for a model whose offloaded weights transformers cannot find itself
-    (hooks without ``hf_device_map``, e.g. ``cpu_offload``): accelerate's onloaded state dict."""
-    if getattr(model, "hf_device_map", None) or not any(is_offloaded(m) for m in model.modules()):
+    """Extra ``save_pretrained`` arguments for an offloaded model.
+
+    With ``hf_device_map`` (transformers reads offloaded weights back shard by shard): shards no larger than the
+    largest placed module, so saving holds one module's weights at a time, not the whole model (transformers'
+    default shard, 50 GB, would read every offloaded weight into RAM at once). Hooks without ``hf_device_map``
+    (e.g. ``cpu_offload``, weights already in RAM): accelerate's onloaded state dict."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        if not {"cpu", "disk"} & {str(v) for v in device_map.values()} or len(set(map(str, device_map.values()))) < 2:
+            return {}
+        largest = max(sum(t.numel() * t.element_size() for t in model.get_submodule(name).state_dict().values())
+                      for name in device_map)
+        return {"max_shard_size": max(largest, 1 << 20)}
+    if not any(is_offloaded(m) for m in model.modules()):
         return {}
     from accelerate.utils.modeling import get_state_dict_offloaded_model
 

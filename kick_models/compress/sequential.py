@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kick_models.compress import memory, placement
+from kick_models.compress import host_memory, memory, placement
 from kick_models.compress import moe
 from kick_models.compress.compare import outputs_close
 from kick_models.compress.base import LayerCompressor, LayerStats
@@ -570,6 +570,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             block.close()  # offloaded weights written back where they live, moved tensors back home
             if layer_device.type == "cuda":
                 torch.cuda.empty_cache()
+            host_memory.release_freed()  # the block's freed tensors back to the system, not kept by malloc (issue 27)
             logger.info("%s: compressed %d matrices in %.2fs", prefix, len(targets), time.perf_counter() - start)
     except BaseException as exc:
         block.__exit__(type(exc), exc, exc.__traceback__)  # nothing written back for a failed block
