@@ -58,7 +58,7 @@ WEIGHTS_FILE = "weights.safetensors"
 ENTRY_FILE = "entry.json"
 QUANT_PREFIX = "quant_params."
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
-_HASH_CHUNK = 16 * 1024 * 1024
+_HASH_CHUNK = 1 << 20  # 1 MiB: hashing a large file holds one chunk (issue 27), as fast as 16 MiB
 
 
 class CacheWarning(UserWarning):

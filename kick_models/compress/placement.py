@@ -127,9 +127,9 @@ def check_compute_device(device: Any, what: str = "compress_device") -> torch.de
 
 
 class OffloadStore:
-    """A folder of kick's own where compressed weights of disk-offloaded modules are written (accelerate's
-    ``offload_weight`` format, read back by accelerate's ``OffloadedWeightsLoader``). Removed when the model
-    is garbage collected or the process exits."""
+    """A folder of kick's own where compressed weights of disk-offloaded modules are written (one safetensors
+    file per tensor, read back by accelerate's ``OffloadedWeightsLoader``). Removed when the model is garbage
+    collected or the process exits."""
 
     def __init__(self, model: nn.Module, near: str | os.PathLike | None):
         base = os.environ.get("KICK_OFFLOAD_DIR") or (str(near) if near and os.path.isdir(near) else None)
@@ -141,9 +141,17 @@ class OffloadStore:
         logger.info("kick: compressed weights of disk-offloaded modules go to %s (removed at exit)", self.folder)
 
     def write(self, key: str, value: torch.Tensor) -> None:
-        from accelerate.utils import offload_weight
+        """One safetensors file per tensor, in the index as accelerate's loader reads a safetensors checkpoint:
+        memory-mapped, so evaluating the compressed model reads its weights as file pages the system can drop,
+        like the dense model's, instead of anonymous copies (accelerate's ``.dat`` files are copied on every read)."""
+        from safetensors.torch import save_file
 
-        offload_weight(value.detach().to("cpu").contiguous(), key, self.folder, index=self.loader.index)
+        path = os.path.join(self.folder, f"{key}.safetensors")
+        tmp = path + ".tmp"
+        save_file({key: value.detach().to("cpu").contiguous()}, tmp)
+        os.replace(tmp, path)  # a value being read by a hook stays valid: its mapping keeps the old file
+        self.loader.index[key] = {"safetensors_file": path, "weight_name": key,
+                                  "dtype": str(value.dtype).removeprefix("torch.")}
         if key not in self.loader.all_keys:
             self.loader.all_keys.append(key)
 
