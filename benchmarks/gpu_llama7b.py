@@ -5,7 +5,9 @@ A randomly initialised ``LlamaForCausalLM`` with LLaMA-7B's block shape (hidden 
 memory per block extrapolate linearly to 32), built in bf16 with ``from_config`` (no download), random
 calibration tokens 128 x 2048 (the paper's amount). For each method: a fresh copy of the same initial
 weights, ``torch.cuda.synchronize``-bracketed wall time, per-block wall times,
-peak CUDA memory (``max_memory_allocated``), then a 32-block extrapolation. Results go to
+peak CUDA memory (``max_memory_allocated``), host memory (anonymous resident memory ``RssAnon`` from
+``/proc/self/status``, sampled every 20 ms: its peak, the peak per block and the least-squares slope of those
+per-block peaks in MiB per block, flat for an offloaded model: issue 27), then a 32-block extrapolation. Results go to
 ``$OUT/gpu_llama7b.json`` (or ``--out``) and stdout.
 
 Placements (``--cases``); each records sparsity / bits COUNTED by this script from the weights the model will
@@ -86,6 +88,50 @@ class BlockTimer:
 
     def remove(self):
         self.sequential.linear_modules = self.original
+
+
+class HostMemory:
+    """RssAnon of this process sampled every 20 ms by a thread (Linux; nothing elsewhere), split per block."""
+
+    def __init__(self):
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def rss_anon() -> int | None:
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+        except (OSError, StopIteration):
+            return None
+
+    def _run(self):
+        while True:
+            value = self.rss_anon()
+            if value is not None:
+                self.samples.append((time.perf_counter(), value))
+            if self._done.wait(0.02):
+                return
+
+    def stop(self, marks: list[float], end: float) -> dict:
+        self._done.set()
+        self._thread.join()
+        if not self.samples:
+            return {}
+        points = marks + [end]
+        peaks = [max((v for t, v in self.samples if points[i] <= t <= points[i + 1]), default=0) / 2**20
+                 for i in range(len(marks))]
+        n = len(peaks)
+        mean_x, mean_y = (n - 1) / 2, sum(peaks) / max(n, 1)
+        den = sum((i - mean_x) ** 2 for i in range(n))
+        slope = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(peaks)) / den if den else 0.0
+        return {"peak_rss_anon_mib": max(v for _, v in self.samples) / 2**20,
+                "peak_rss_anon_per_block_mib": [round(p, 1) for p in peaks],
+                "rss_anon_slope_mib_per_block": round(slope, 2)}
 
 
 def place(model, case: str, layers: int, offload_dir: str, compute):
@@ -206,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.reset_peak_memory_stats(device)
                 base_mem = torch.cuda.memory_allocated(device) if cuda else 0
                 timer = BlockTimer(sync)
+                host = HostMemory()
                 kwargs = dict(calibration=tokens, progress=False, device=kick_device, batch_size=args.batch_size)
                 sync()
                 t0 = time.perf_counter()
@@ -218,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     timer.remove()
                 end = time.perf_counter()
+                host_record = host.stop(timer.marks, end)
                 seconds = end - t0
                 per_block = timer.per_block(end)
                 peak = torch.cuda.max_memory_allocated(device) if cuda else 0
@@ -232,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     "extra_peak_gib": (peak - base_mem) / 2**30,
                     "extrapolated_32_blocks_seconds": est_full,
                     "counted": counted(model, method, args.layers),
+                    **host_record,
                 }
                 info["cases"][case][method] = result
                 if case == "gpu":
@@ -239,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 del model
             print(f"[gpu7b] {case} {method}: {seconds:.1f}s for {args.layers} blocks (per block "
                   f"{', '.join(f'{s:.1f}' for s in per_block)}), peak CUDA {peak / 2**30:.2f} GiB, sparsity "
-                  f"{report.measured_sparsity():.3f}, counted ok: {result['counted']['all_ok']}"
+                  f"{report.measured_sparsity():.3f}, counted ok: {result['counted']['all_ok']}, host RssAnon peak "
+                  f"{result.get('peak_rss_anon_mib', 0):.0f} MiB, slope {result.get('rss_anon_slope_mib_per_block')} MiB/block"
                   + (f", ~{est_full / 60:.1f} min for 32 blocks" if est_full else ""), file=sys.stderr)
     out = args.out or (os.path.join(os.environ["OUT"], "gpu_llama7b.json") if os.environ.get("OUT") else None)
     text = json.dumps(info, indent=2)

@@ -73,3 +73,6 @@ def test_gpu_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     assert wanda["measured_sparsity"] == pytest.approx(0.5)
     assert len(wanda["per_block_seconds"]) == 2 and all(s >= 0 for s in wanda["per_block_seconds"])
     assert info["methods"]["gptq"]["bits_per_weight"] > 4
+    offload = info["cases"]["offload"]["wanda"]  # host memory per block of the offloaded placement (issue 27)
+    assert len(offload["peak_rss_anon_per_block_mib"]) == 2 and min(offload["peak_rss_anon_per_block_mib"]) > 0
+    assert offload["peak_rss_anon_mib"] >= max(offload["peak_rss_anon_per_block_mib"])
