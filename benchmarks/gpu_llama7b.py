@@ -123,8 +123,12 @@ class HostMemory:
         if not self.samples:
             return {}
         points = marks + [end]
-        peaks = [max((v for t, v in self.samples if points[i] <= t <= points[i + 1]), default=0) / 2**20
-                 for i in range(len(marks))]
+        def peak(a: float, b: float) -> float:  # a block shorter than the interval: the last sample before its end
+            inside = [v for t, v in self.samples if a <= t <= b]
+            before = [v for t, v in self.samples if t <= b] or [self.samples[0][1]]
+            return max(inside or before[-1:]) / 2**20
+
+        peaks = [peak(points[i], points[i + 1]) for i in range(len(marks))]
         n = len(peaks)
         mean_x, mean_y = (n - 1) / 2, sum(peaks) / max(n, 1)
         den = sum((i - mean_x) ** 2 for i in range(n))
