@@ -133,7 +133,7 @@ class HostMemory:
         mean_x, mean_y = (n - 1) / 2, sum(peaks) / max(n, 1)
         den = sum((i - mean_x) ** 2 for i in range(n))
         slope = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(peaks)) / den if den else 0.0
-        return {"peak_rss_anon_mib": max(v for _, v in self.samples) / 2**20,
+        return {"peak_rss_anon_mib": round(max(v for _, v in self.samples) / 2**20, 1),
                 "peak_rss_anon_per_block_mib": [round(p, 1) for p in peaks],
                 "rss_anon_slope_mib_per_block": round(slope, 2)}
 
