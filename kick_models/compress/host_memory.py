@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -81,15 +82,17 @@ def release_freed() -> bool:
 
 
 class _Sampler(threading.Thread):
-    """Keeps the highest RssAnon seen until stopped."""
+    """Keeps the highest RssAnon seen until stopped, or until its owner is garbage collected (a run that failed
+    with a phase open leaves no thread behind)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: "PhaseMemory") -> None:
         super().__init__(name="kick-host-memory", daemon=True)
         self.peak = rss_anon() or 0
         self._done = threading.Event()
+        self._owner = weakref.ref(owner)
 
     def run(self) -> None:
-        while not self._done.wait(SAMPLE_SECONDS):
+        while not self._done.wait(SAMPLE_SECONDS) and self._owner() is not None:
             value = rss_anon()
             if value is not None and value > self.peak:
                 self.peak = value
@@ -119,7 +122,7 @@ class PhaseMemory:
         if cuda:
             for index in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(index)
-        sampler = _Sampler()
+        sampler = _Sampler(self)
         sampler.start()
         self._open = (name, sampler, hwm_reset, time.perf_counter(), rss_anon())
 
