@@ -168,7 +168,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
     (e.g. ``calibration_data``).
     """
     from kick_models import distributed
-    from kick_models.api import check_coverage, compress
+    from kick_models.api import apply_runtime, check_coverage, compress
     from kick_models.cache import CompressionCache
     from kick_models.compress.placement import describe
 
@@ -237,6 +237,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
         report = cache.load_into(key, model)
         if report is not None:
             status = "hit"
+            apply_runtime(model, config, report)  # e.g. a scheme's run-time activation quantization
             record["cache_load_seconds"] = round(time.perf_counter() - t_load, 3)
             logger.info("kick: loaded compressed weights from cache entry %s", cache.entry_dir(key))
         else:
