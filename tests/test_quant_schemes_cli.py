@@ -38,6 +38,22 @@ def test_lm_eval_kick_quant_nvfp4_reports_the_bits_counted_here(tiny_llama_dir, 
     assert info["config"]["activation_format"].startswith("float4 per tensor_group groups of 16")
     assert info["bits_per_weight"] == pytest.approx(nvfp4_bits_counted_here(tiny_llama_dir), rel=1e-12)
     assert info["cache"]["status"] == "miss"
+    from kick_analysis.results_io import compression_info, config_label, load_single_run
+
+    row = compression_info(load_single_run(out))  # what `kick report` shows
+    assert row["kind"] == "quant" and row["method"] == "NVFP4" and config_label(load_single_run(out)) == "NVFP4"
+    assert row["bits_per_weight"] == info["bits_per_weight"] and "tensor_group" in row["activation_format"]
+
+
+def test_sweep_plans_one_kick_quant_config_per_scheme(tiny_llama_dir, env):
+    out = _run([str(BIN / "kick"), "sweep", "--model", str(tiny_llama_dir), "--output", "/nonexistent/sweep",
+                "--schemes", "FP8_DYNAMIC,NVFP4,W4A16:group_size=32", "--calib", "c4", "--nsamples", "8",
+                "--tasks", "kick_factoid_qa", "--dry-run"], env)
+    lines = [line for line in out.splitlines() if "--model kick-quant" in line]
+    assert len(lines) == 3 and "--model hf" in out
+    assert "scheme=FP8_DYNAMIC,cache_dir" in lines[0]  # dynamic activations: no calibration args
+    assert "scheme=NVFP4,calib=c4,nsamples=8" in lines[1]  # static activation global scale: calibrated
+    assert "scheme=W4A16,group_size=32," in lines[2]
 
 
 def test_cache_hit_gives_the_same_logits_activation_quantization_included(tiny_llama_dir, calib_txt, tmp_path,

@@ -565,3 +565,11 @@ def parse_scheme_args(args: dict) -> tuple[SchemeConfig, dict]:
     config = SchemeConfig(**kwargs)
     consumed = {"scheme", "method", "ignore", "group_size", "blocksize", "damp", *_CALIB_KEYS, *_COVERAGE_KEYS}
     return config, {k: v for k, v in args.items() if k not in consumed}
+
+
+def parser_for(model: str):
+    """The argument parser of an lm-eval kick model class (``kick-quant``, ``kick-gptq`` / ``kick-rtn``,
+    else ``kick-pruned``)."""
+    if model == "kick-quant":
+        return parse_scheme_args
+    return parse_quant_args if model in ("kick-gptq", "kick-rtn") else parse_prune_args
