@@ -252,6 +252,32 @@ def test_static_activation_scheme_without_calibration_data_is_refused(dense):
         quantize(copy.deepcopy(dense), None, scheme="FP8", progress=False)
 
 
-def test_gptq_on_scheme_grids_is_refused_clearly_until_implemented():
-    with pytest.raises(CompressionConfigError, match="method=gptq with kick-quant: not implemented yet"):
-        parse_scheme_args({"scheme": "W4A16", "method": "gptq", "calib": "c4"})
+@pytest.mark.parametrize("scheme", ("W4A16", "NVFP4A16", "MXFP4A16", "W8A8", "FP8_BLOCK"))
+def test_gptq_stays_on_the_schemes_grid_and_beats_rtn(scheme, dense, calib, one_torch_thread):
+    """GPTQ on a scheme: every weight is a point of the grid compressed-tensors defines from the dense weight
+    (re-quantizing it with the reference parameters changes nothing), and block 0's Linears reproduce their
+    outputs on the calibration inputs better than round to nearest."""
+    gptq = copy.deepcopy(dense)
+    report = quantize(gptq, None, scheme=scheme, method="gptq", calibration=calib, progress=False)
+    rtn = copy.deepcopy(dense)
+    quantize(rtn, None, scheme=scheme, progress=False)
+    _, ref_linears, cts = reference_model(dense, scheme)
+    got = block_linears(gptq)
+    for name, m in ref_linears.items():
+        w = got[name].weight.data
+        assert torch.equal(forward_quantize(m, w, "weight", cts.weights), w), name
+    inputs = captured_inputs(dense, calib)
+    better = 0
+    for name, x in inputs.items():
+        if not name.startswith("model.layers.0."):
+            continue
+        exact = x @ block_linears(dense)[name].weight.data.t()
+        err = lambda model: (x @ block_linears(model)[name].weight.data.t() - exact).pow(2).sum()  # noqa: E731
+        better += bool(err(gptq) < err(rtn))
+    assert better >= 6  # of block 0's 7 Linears
+    assert all(s.error is not None and s.damp is not None for s in report.layers)
+
+
+def test_gptq_needs_calibration_data(dense):
+    with pytest.raises(CompressionConfigError, match="method=gptq needs calibration data"):
+        quantize(copy.deepcopy(dense), None, scheme="W4A16", method="gptq", calibration=None, progress=False)

@@ -469,12 +469,6 @@ class SchemeConfig:
             raise CompressionConfigError(
                 f"Invalid method=gptq with scheme={self.scheme}: the scheme quantizes no weights, so GPTQ has "
                 "nothing to do. Use method=rtn.")
-        from kick_models.compress.scheme_quant import SCHEME_METHODS as IMPLEMENTED
-
-        if self.method not in IMPLEMENTED:
-            raise CompressionConfigError(
-                f"Invalid method={self.method} with kick-quant: not implemented yet in this version (available: "
-                f"{', '.join(IMPLEMENTED)}). For integer GPTQ use --model kick-gptq.")
         damp = as_float("damp", self.damp)
         if not 0.0 < damp <= 1.0:
             raise _err("damp", self.damp, "expected a fraction in (0, 1], e.g. 0.01")

@@ -116,7 +116,60 @@ class SchemeRTN:
             self.observer = None
 
 
-SCHEME_METHODS: dict[str, type] = {"rtn": SchemeRTN}
+class SchemeGPTQ(SchemeRTN):
+    """GPTQ on the scheme's grid (llm-compressor's GPTQModifier): the grid's scales / zero points / global scale
+    fixed on the unquantized weight, then kick's GPTQ solver (:func:`kick_models.compress.gptq.gptq_quantize`)
+    quantizes column by column with error feedback through the Hessian of the calibration inputs."""
+
+    def __init__(self, target: Any, config: Any, run: SchemeRun) -> None:
+        super().__init__(target, config, run)
+        from kick_models.compress.hessian import HessianAccumulator
+
+        self.config = config
+        self.hessian = HessianAccumulator(target.weight.shape[-1], target.weight.device)
+        self.damp_used: float | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        super().add_batch(inp)
+        self.hessian.add_batch(inp)
+
+    def share_statistics_from(self, other: SchemeGPTQ) -> None:
+        super().share_statistics_from(other)
+        self.hessian = other.hessian
+
+    def use_identity_statistics(self) -> None:
+        super().use_identity_statistics()
+        if self.hessian.nsamples == 0:
+            H = self.hessian.H
+            self.hessian.H = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+
+    def quantize(self, weight: torch.Tensor, global_scale: torch.Tensor | None) -> tuple[torch.Tensor, dict, float | None]:
+        from kick_models.compress.gptq import gptq_quantize
+
+        qparams = schemes.weight_qparams(weight, self.args, global_scale)
+        grid = schemes.column_quantizer(qparams, self.args)
+        used: dict = {}
+        q, _, loss = gptq_quantize(weight.float(), self.hessian.H, 0, blocksize=self.config.blocksize,
+                                   damp=self.config.damp, name=self.name, record=used, column_quantizer=grid)
+        self.damp_used = used.get("damp")
+        return q.to(weight.dtype), qparams, loss
+
+    @torch.no_grad()
+    def compress(self) -> LayerStats:
+        stats = super().compress()
+        stats.damp = self.damp_used
+        return stats
+
+    def free(self) -> None:
+        super().free()
+        self.hessian = None  # a sibling Linear may share the accumulator: drop the reference only
+
+
+SCHEME_METHODS: dict[str, type] = {"rtn": SchemeRTN, "gptq": SchemeGPTQ}
 
 
 def make_compressor_factory(config):

@@ -210,6 +210,29 @@ def quantize_weight(weight: torch.Tensor, args, global_scale: torch.Tensor | Non
     return fake_quantize(weight, qparams, args), qparams
 
 
+def column_quantizer(qparams: dict[str, torch.Tensor], args):
+    """``(w, j) -> column j of the weight quantize-dequantized`` on the grid ``qparams`` fixes (for GPTQ's column
+    loop), as llm-compressor's GPTQ quantizes one column: compressed-tensors' ``fake_quantize`` with the column's
+    group parameters applied channel-wise."""
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+
+    scale, zp, gs = qparams["scale"], qparams["zero_point"], qparams.get("global_scale")
+    s = args.strategy
+    if s in ("group", "tensor_group"):
+        per_column = args.model_copy(update={"strategy": "channel"})
+        size = args.group_size
+        return lambda w, j: ct_fake_quantize(w, scale[:, j // size], zp[:, j // size], per_column, global_scale=gs)
+    if s == "channel":
+        return lambda w, j: ct_fake_quantize(w, scale[:, 0], zp[:, 0], args, global_scale=gs)
+    if s == "tensor":
+        return lambda w, j: ct_fake_quantize(w, scale, zp, args, global_scale=gs)
+    if s == "block":
+        width = args.block_structure[1]
+        return lambda w, j: ct_fake_quantize(w.unsqueeze(1), scale[:, j // width:j // width + 1],
+                                             zp[:, j // width:j // width + 1], args, global_scale=gs).squeeze(1)
+    raise CompressionConfigError(f"GPTQ does not support weight strategy {s}")
+
+
 def _dtype_bits(dtype: Any) -> int:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.replace("torch.", ""))
