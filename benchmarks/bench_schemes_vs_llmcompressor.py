@@ -29,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, CACHE_DIR, Row, calibration_tokens, median, run_child, smollm2_truncated_dir  # noqa: E402
+from common import (
+    BENCH_DIR,
+    CACHE_DIR,
+    Row,
+    calibration_tokens,
+    median,
+    run_child,
+    smollm2_truncated_dir,
+)
 
 #: (label, scheme, method, group_size, uses calibration data)
 CONFIGS = [
@@ -69,7 +77,6 @@ def param_agreement(ours: dict, theirs: dict, key: str, prefix: str = "") -> tup
 
 def run(nsamples: int, seqlen: int, repeats: int, layers: int, configs=CONFIGS) -> list[Row]:
     import torch
-
     from bench_vs_llmcompressor import gptq_output_errors
 
     python = {"kick": sys.executable, "llmc": str(llmc_python())}

@@ -25,12 +25,21 @@ from typing import Any
 import torch
 
 from kick_models.compress import schemes
-from kick_models.export import REPORT_FILE, check_export_target, compression_record, staged_folder
+from kick_models.export import (
+    REPORT_FILE,
+    check_export_target,
+    compression_record,
+    staged_folder,
+)
 
 
 def _prepared_copy(model: torch.nn.Module, report: Any, config) -> torch.nn.Module:
     """A copy with compressed-tensors' quantization parameters set from kick's records (kick's hooks removed)."""
-    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, apply_quantization_config
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
 
     clone = copy.deepcopy(model)
     for module in clone.modules():

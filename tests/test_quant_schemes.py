@@ -14,22 +14,21 @@ import torch
 
 pytest.importorskip("compressed_tensors")
 
-from compressed_tensors.quantization import (  # noqa: E402
+from compressed_tensors.quantization import (
     QuantizationConfig,
     QuantizationStatus,
     apply_quantization_config,
     preset_name_to_scheme,
 )
-from compressed_tensors.quantization.lifecycle.forward import forward_quantize  # noqa: E402
-from compressed_tensors.quantization.utils import (  # noqa: E402
+from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+from compressed_tensors.quantization.utils import (
     calculate_qparams,
-    compute_dynamic_scales_and_zp,
     generate_gparam,
 )
-from tiny import make_tiny_model  # noqa: E402
+from tiny import make_tiny_model
 
-from kick_models import quantize  # noqa: E402
-from kick_models.compress.config import CompressionConfigError, parse_scheme_args  # noqa: E402
+from kick_models import quantize
+from kick_models.compress.config import CompressionConfigError, parse_scheme_args
 
 SCHEMES = ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4", "NVFP4A16", "MXFP4", "MXFP4A16",
            "W8A8", "W8A16", "W4A16", "W4A16_ASYM")
@@ -272,7 +271,7 @@ def test_gptq_stays_on_the_schemes_grid_and_beats_rtn(scheme, dense, calib, one_
         if not name.startswith("model.layers.0."):
             continue
         exact = x @ block_linears(dense)[name].weight.data.t()
-        err = lambda model: (x @ block_linears(model)[name].weight.data.t() - exact).pow(2).sum()  # noqa: E731
+        err = lambda model: (x @ block_linears(model)[name].weight.data.t() - exact).pow(2).sum()
         better += bool(err(gptq) < err(rtn))
     assert better >= 6  # of block 0's 7 Linears
     assert all(s.error is not None and s.damp is not None for s in report.layers)

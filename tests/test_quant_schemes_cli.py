@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("compressed_tensors")
 
-from test_models_cli import BIN, _results, _run, env, task_args  # noqa: E402,F401  (fixtures)
-from tiny import load  # noqa: E402
+from test_models_cli import BIN, _results, _run, env, task_args  # noqa: F401  (fixtures)
+from tiny import load
 
 
 def nvfp4_bits_counted_here(model_dir) -> float:

@@ -9,12 +9,12 @@ import torch
 
 pytest.importorskip("compressed_tensors")
 
-from tiny import make_tiny_model_dir  # noqa: E402
-from transformers import AutoModelForCausalLM, CompressedTensorsConfig  # noqa: E402
+from tiny import make_tiny_model_dir
+from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-from kick_models import quantize  # noqa: E402
-from kick_models.compress.config import CalibrationConfig, SchemeConfig  # noqa: E402
-from kick_models.export_ct import save_compressed_tensors  # noqa: E402
+from kick_models import quantize
+from kick_models.compress.config import CalibrationConfig, SchemeConfig
+from kick_models.export_ct import save_compressed_tensors
 
 STATIC = ("FP8", "NVFP4")
 FORMATS = {"NVFP4": "nvfp4-pack-quantized", "NVFP4A16": "nvfp4-pack-quantized", "MXFP4": "mxfp4-pack-quantized",

@@ -64,7 +64,10 @@ def main() -> int:
         from compressed_tensors.quantization.lifecycle.forward import forward_quantize
         from datasets import Dataset
         from llmcompressor import oneshot
-        from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+        from llmcompressor.modifiers.quantization import (
+            GPTQModifier,
+            QuantizationModifier,
+        )
 
         scheme = preset_name_to_scheme(args.scheme, ["Linear"])
         if group:

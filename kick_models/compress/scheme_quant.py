@@ -14,7 +14,7 @@ weights of the whole set whichever member is compressed first.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 

@@ -91,14 +91,14 @@ def has_static_activations(scheme) -> bool:
 
 def check_weight_shape(args, shape: tuple[int, ...], name: str) -> None:
     """Refuse a weight the scheme cannot quantize exactly (as llm-compressor's group-size validation)."""
-    rows, columns = shape[-2], shape[-1]
+    columns = shape[-1]  # rows need no check: a short last row block is padded, as compressed-tensors does
     if args.strategy in ("group", "tensor_group") and columns % args.group_size:
         raise CompressionConfigError(
             f"{name}: input width {columns} is not a multiple of the scheme's group size {args.group_size} "
             f"(llm-compressor refuses it too). Pass group_size=<a divisor of {columns}> (recorded in the results), "
             f"or ignore the layer (ignore=...).")
     if args.strategy == "block":
-        block_rows, block_cols = args.block_structure
+        block_cols = args.block_structure[1]
         if columns % block_cols:
             raise CompressionConfigError(
                 f"{name}: input width {columns} is not a multiple of the block width {block_cols} of "
@@ -118,7 +118,9 @@ def flatten_for_observation(value: torch.Tensor, args, base_name: str) -> torch.
         if s in ("group", "tensor_group"):
             return value.unflatten(-1, (-1, args.group_size)).unsqueeze(0)
         if s == "block":
-            from compressed_tensors.quantization.utils import maybe_pad_tensor_for_block_quant
+            from compressed_tensors.quantization.utils import (
+                maybe_pad_tensor_for_block_quant,
+            )
 
             bh, bw = args.block_structure
             value = maybe_pad_tensor_for_block_quant(value, args.block_structure)
@@ -197,7 +199,9 @@ def weight_qparams(weight: torch.Tensor, args, global_scale: torch.Tensor | None
 
 def fake_quantize(value: torch.Tensor, qparams: dict[str, torch.Tensor], args) -> torch.Tensor:
     """compressed-tensors' quantize-dequantize of ``value`` with the given parameters."""
-    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+    from compressed_tensors.quantization.lifecycle.forward import (
+        fake_quantize as ct_fake_quantize,
+    )
 
     return ct_fake_quantize(value, qparams["scale"], qparams["zero_point"], args,
                             global_scale=qparams.get("global_scale"))
@@ -214,7 +218,9 @@ def column_quantizer(qparams: dict[str, torch.Tensor], args):
     """``(w, j) -> column j of the weight quantize-dequantized`` on the grid ``qparams`` fixes (for GPTQ's column
     loop), as llm-compressor's GPTQ quantizes one column: compressed-tensors' ``fake_quantize`` with the column's
     group parameters applied channel-wise."""
-    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+    from compressed_tensors.quantization.lifecycle.forward import (
+        fake_quantize as ct_fake_quantize,
+    )
 
     scale, zp, gs = qparams["scale"], qparams["zero_point"], qparams.get("global_scale")
     s = args.strategy
