@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kick_models.compress.errors import CompressionConfigError
+
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
 WBITS = (2, 3, 4, 8)
@@ -22,10 +24,6 @@ BUILTIN_CALIBRATION = ("c4", "wikitext2")
 MOE_CALIBRATION = ("all", "routed")
 CALIBRATION_FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _FILE_LIKE_SUFFIXES = CALIBRATION_FILE_SUFFIXES + (".json", ".csv", ".tsv", ".gz", ".arrow", ".md")
-
-
-class CompressionConfigError(ValueError):
-    """A compression argument is invalid (message names argument, value and allowed values)."""
 
 
 class UnsupportedModelError(CompressionConfigError):

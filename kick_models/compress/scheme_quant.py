@@ -197,14 +197,14 @@ def check_model(model: torch.nn.Module, config) -> None:
             acts = scheme.input_activations
             if acts is not None:
                 if not isinstance(target.module, torch.nn.Linear) or target.param != f"{name}.weight":
-                    from kick_models.compress.config import CompressionConfigError
+                    from kick_models.compress.errors import CompressionConfigError
 
                     raise CompressionConfigError(
                         f"{full}: scheme {config.scheme} quantizes input activations at run time, which needs an "
                         f"nn.Linear module; this matrix is part of {target.param} (fused experts). Use a weight-only "
                         f"scheme (e.g. {config.scheme}A16 / W4A16) or ignore it (ignore=...).")
                 if acts.strategy in ("group", "tensor_group") and target.in_features % acts.group_size:
-                    from kick_models.compress.config import CompressionConfigError
+                    from kick_models.compress.errors import CompressionConfigError
 
                     raise CompressionConfigError(
                         f"{full}: input width {target.in_features} is not a multiple of the activation group size "

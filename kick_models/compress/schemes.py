@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kick_models.compress.config import CompressionConfigError
+from kick_models.compress.errors import CompressionConfigError
 
 #: The preset schemes kick-quant offers (compressed-tensors' names).
 SCHEMES = ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4", "NVFP4A16", "MXFP4", "MXFP4A16",
