@@ -78,6 +78,13 @@ def save_compressed_tensors(model: torch.nn.Module, tokenizer, report: Any, conf
     from kick_models.export import without_gguf_quantizer
 
     target = check_export_target(path)
+    fused = sorted({s.param for s in report.layers if s.param and s.param != f"{s.name}.weight"})
+    if fused:
+        raise ExportError(
+            f"save_compressed: {len(fused)} matrices live in fused MoE expert tensors ({', '.join(fused[:3])} ...); "
+            "compressed-tensors checkpoints quantize per-module Linear weights, so kick cannot write this model in "
+            "that format. Evaluate without save_compressed, or load the model with per-expert Linears "
+            "(transformers 4.x).")
     clone = _prepared_copy(model, report, config)
     compressor = ModelCompressor.from_pretrained_model(clone)
     groups = compressor.quantization_config.config_groups

@@ -280,3 +280,27 @@ def test_gptq_stays_on_the_schemes_grid_and_beats_rtn(scheme, dense, calib, one_
 def test_gptq_needs_calibration_data(dense):
     with pytest.raises(CompressionConfigError, match="method=gptq needs calibration data"):
         quantize(copy.deepcopy(dense), None, scheme="W4A16", method="gptq", calibration=None, progress=False)
+
+
+def test_fused_moe_experts_quantized_per_expert_and_activation_schemes_refused(one_torch_thread):
+    """qwen3_moe (transformers 5.x fused experts): every expert's gate / up / down slice is quantized on its own,
+    bit-identically to compressed-tensors' quantization of that slice; the router stays dense; run-time
+    activation quantization needs real Linears, so W8A8 is refused before any work."""
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+    dense = make_tiny_model("qwen3_moe")
+    model = copy.deepcopy(dense)
+    report = quantize(model, None, scheme="MXFP4A16", progress=False)
+    args = preset_name_to_scheme("MXFP4A16", ["Linear"]).weights
+    for block, layer in enumerate(model.model.layers):
+        experts, ref = layer.mlp.experts, dense.model.layers[block].mlp.experts
+        for name in ("gate_up_proj", "down_proj"):
+            for e in range(getattr(experts, name).shape[0]):
+                w = getattr(ref, name)[e]
+                halves = w.chunk(2, 0) if name == "gate_up_proj" else (w,)
+                want = torch.cat([fake_quantize(h, *calculate_qparams(*ref_min_max(h, args), args), args) for h in halves])
+                assert torch.equal(getattr(experts, name)[e], want), (block, name, e)
+        assert torch.equal(layer.mlp.gate.weight, dense.model.layers[block].mlp.gate.weight)
+    assert report.summary()["coverage"]["kept"]  # the routers, at their dtype's bits
+    with pytest.raises(CompressionConfigError, match="fused experts"):
+        quantize(copy.deepcopy(dense), None, scheme="W8A8", progress=False)

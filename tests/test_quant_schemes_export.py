@@ -73,3 +73,15 @@ def test_save_compressed_model_arg_writes_a_compressed_tensors_checkpoint(source
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "nvfp4-pack-quantized" and list(qc["config_groups"]) == ["NVFP4A16"]
     assert json.loads((out / "kick_compression.json").read_text())["format"]["scheme"] == "NVFP4A16"
+
+
+def test_fused_moe_experts_export_is_refused_clearly(tmp_path, one_torch_thread):
+    from tiny import make_tiny_model
+
+    from kick_models.export import ExportError
+
+    model = make_tiny_model("qwen3_moe")
+    report = quantize(model, None, scheme="NVFP4A16", progress=False)
+    with pytest.raises(ExportError, match="fused MoE expert tensors"):
+        save_compressed_tensors(model, None, report, SchemeConfig(scheme="NVFP4A16"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
