@@ -27,6 +27,7 @@ import torch
 from kick_models.compress import schemes
 from kick_models.export import (
     REPORT_FILE,
+    ExportError,
     check_export_target,
     compression_record,
     staged_folder,
