@@ -198,16 +198,15 @@ def metadata_from_lm_eval_args(args: Sequence[str]) -> dict[str, Any]:
 
 def calibration_sources(configs) -> list[str]:
     """Calibration sources of the sweep configs that need one (their defaults filled by the compression core)."""
-    from kick_models.compress.config import parse_prune_args, parse_quant_args
+    from kick_models.compress.config import parser_for
 
     sources = []
     for c in configs:
         if c.method == "dense":
             continue
         args = dict(c.compression_args)
-        parse = parse_quant_args if c.model in ("kick-gptq", "kick-rtn") else parse_prune_args
-        cfg = parse(args)[0]
-        if cfg.needs_calibration and not getattr(cfg, "sparsity", None) == 0:
+        cfg = parser_for(c.model)(args)[0]
+        if cfg.needs_calibration and cfg.calibration is not None and not getattr(cfg, "sparsity", None) == 0:
             sources.append(cfg.calibration.source)
     return list(dict.fromkeys(sources))
 

@@ -363,7 +363,11 @@ def compression_info(run: Run) -> dict[str, Any]:
     sparsity_type = str(args.get("sparsity_type", scfg.get("sparsity_type")) or "unstructured")
     wbits = _num(args.get("wbits", scfg.get("wbits")))
     groupsize = _num(args.get("groupsize", scfg.get("groupsize")))
-    if model in ("kick-gptq", "kick-rtn", "kick-bnb") or str(method) in ("gptq", "rtn"):
+    scheme = args.get("scheme", scfg.get("scheme")) if model == "kick-quant" or scfg.get("scheme") else None
+    if scheme:  # kick-quant: the compressed-tensors scheme names the format
+        method = str(scheme).upper() + ("" if str(scfg.get("method", "rtn")) == "rtn" else f" {scfg.get('method')}")
+        groupsize = _num(scfg.get("group_size"))
+    if scheme or model in ("kick-gptq", "kick-rtn", "kick-bnb") or str(method) in ("gptq", "rtn"):
         kind = "quant"
     elif method and (sparsity or ":" in sparsity_type):
         kind = "prune"
@@ -390,6 +394,7 @@ def compression_info(run: Run) -> dict[str, Any]:
         "seconds": _num(summary.get("seconds", summary.get("compression_seconds"))),
         # share of the decoder blocks' >= 2-D weights that were compressed (kick >= issue 12; None before)
         "coverage": _num((summary.get("coverage") or {}).get("compressed_fraction")),
+        "activation_format": scfg.get("activation_format") if scheme else None,
     }
     return info
 

@@ -6,6 +6,7 @@
                [--sparsity 0.1:0.7:0.1 | 0.2,0.5 | wanda=0.5]   unstructured sparsities of the pruning methods
                [--nm 2:4,4:8]                             N:M patterns of the pruning methods
                [--wbits 8,4,3 | rtn=4] [--groupsize 128]  bit widths / group size of gptq and rtn
+               [--schemes FP8_DYNAMIC,W8A8,NVFP4A16,W4A16:group_size=64]   kick-quant (compressed-tensors) schemes
                [--calib c4] [--nsamples 128] [--seqlen 2048] [--seed 0]
                [--tasks kick] [--limit N] [--batch_size B] [--device cpu] [--include_path DIR]
                [--force] [--dry-run] [--verbose] [--no-divergence] [-- any other lm_eval arguments, verbatim]
@@ -184,7 +185,7 @@ def _calib_args(method: str, ns: argparse.Namespace) -> list[tuple[str, Any]]:
 
 def build_configs(ns: argparse.Namespace) -> list[SweepConfig]:
     """The plan (dense first), validated by the compression core's own parsers before anything runs."""
-    methods = [m.strip().lower() for m in ns.methods.split(",") if m.strip()]
+    methods = [m.strip().lower() for m in (ns.methods or "").split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SweepError(f"unknown method(s) {unknown}; methods are {', '.join(METHODS)}")
@@ -214,6 +215,7 @@ def build_configs(ns: argparse.Namespace) -> list[SweepConfig]:
             configs.append(SweepConfig(
                 f"{method}-{n_}of{m_}", method, MODEL_CLASS[method],
                 (("method", method), ("sparsity_type", p), *_calib_args(method, ns))))
+    configs += scheme_configs(ns)
     for method in quant:
         if method not in wbits:
             raise SweepError(f"method {method} has no --wbits")
@@ -230,10 +232,38 @@ def build_configs(ns: argparse.Namespace) -> list[SweepConfig]:
     return configs
 
 
+def scheme_configs(ns: argparse.Namespace) -> list[SweepConfig]:
+    """``--schemes NAME[:key=value[:key=value]]`` -> one ``kick-quant`` config each (e.g. ``W4A16:group_size=64``,
+    ``NVFP4A16:method=rtn``); calibration args are passed to the schemes that use data."""
+    from kick_models.compress import schemes
+
+    out = []
+    for item in (t.strip() for t in (getattr(ns, "schemes", None) or "").split(",")):
+        if not item:
+            continue
+        name, *options = item.split(":")
+        args: list[tuple[str, Any]] = [("scheme", name.upper())]
+        for option in options:
+            key, eq, value = option.partition("=")
+            if not eq:
+                raise SweepError(f"--schemes {item!r}: expected NAME[:key=value...], e.g. W4A16:group_size=64")
+            args.append((key.strip(), value.strip()))
+        opts = dict(args)
+        try:
+            scheme = schemes.resolve_scheme(name, int(opts["group_size"]) if "group_size" in opts else None)
+        except (ValueError, ImportError) as exc:
+            raise SweepError(f"--schemes {item!r}: {exc}") from None
+        if opts.get("method", "rtn") != "rtn" or schemes.has_static_activations(scheme):
+            args += [(k, getattr(ns, k)) for k in ("calib", "nsamples", "seqlen", "seed") if getattr(ns, k) is not None]
+        slug = "quant-" + "-".join([name.lower(), *(o.replace("=", "") for o in options)])
+        out.append(SweepConfig(slug, "scheme", "kick-quant", tuple(args)))
+    return out
+
+
 def validate_configs(configs: Sequence[SweepConfig]) -> None:
     """Check every config with the compression core's parsers (same checks the model classes run)."""
     try:
-        from kick_models.compress.config import CompressionConfigError, parse_prune_args, parse_quant_args
+        from kick_models.compress.config import CompressionConfigError, parser_for
     except ImportError:  # pragma: no cover - compression core missing
         return
     for c in configs:
@@ -241,7 +271,7 @@ def validate_configs(configs: Sequence[SweepConfig]) -> None:
             continue
         args = dict(c.compression_args)
         try:
-            (parse_prune_args if c.method in PRUNE_METHODS else parse_quant_args)(args)
+            parser_for(c.model)(args)
         except CompressionConfigError as exc:
             raise SweepError(f"config {c.slug}: {exc}") from None
 
@@ -515,14 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_args", "--model-args", dest="model_args", default="",
                    help="extra model args for every config, e.g. gguf_file=x.gguf,dtype=float32")
     p.add_argument("--output", "-o", required=True, help="sweep folder (one sub-folder per config)")
-    p.add_argument("--methods", default="magnitude,wanda,sparsegpt",
-                   help=f"comma list of {', '.join(METHODS)} (default: the three pruning methods)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list of {', '.join(METHODS)} (default: the three pruning methods; none with "
+                        "--schemes)")
     p.add_argument("--sparsity", action="append",
                    help="unstructured sparsities: start:stop:step (stop included if hit) or a list; "
                         "repeatable with a method= prefix (default 0.1:0.7:0.1 when no --nm)")
     p.add_argument("--nm", action="append", help="N:M patterns, e.g. 2:4,4:8 (repeatable, method= prefix)")
     p.add_argument("--wbits", action="append", help="bit widths of gptq/rtn, e.g. 8,4,3 (repeatable, method= prefix)")
     p.add_argument("--groupsize", type=int, default=128, help="quantization group size (-1 = per row; default 128)")
+    p.add_argument("--schemes", help="kick-quant compressed-tensors schemes, e.g. FP8_DYNAMIC,W8A8,NVFP4A16,"
+                                     "W4A16:group_size=64 (options after ':'; runs next to --methods)")
     p.add_argument("--calib", help="calibration source (c4, wikitext2, a file); default: the model class's")
     p.add_argument("--nsamples", type=int, help="calibration windows")
     p.add_argument("--seqlen", type=int, help="calibration window length in tokens")
@@ -560,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [a for a in passthrough if a.split("=", 1)[0] in RESERVED_FLAGS]
         if bad:
             raise SweepError(f"{bad} after -- : the sweep sets --model/--model_args/--tasks/--output_path itself")
+        if ns.methods is None:
+            ns.methods = "" if ns.schemes else "magnitude,wanda,sparsegpt"
         ns.task_list = [t.strip() for t in ns.tasks.split(",") if t.strip()]
         if not ns.task_list:
             raise SweepError("--tasks is empty")

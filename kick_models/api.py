@@ -20,7 +20,13 @@ from torch import nn
 from kick_models.compress import placement
 from kick_models.compress.base import LayerStats
 from kick_models.compress.calibration import fingerprint, load_calibration, model_max_positions
-from kick_models.compress.config import CalibrationConfig, CompressionConfigError, PruneConfig, QuantConfig
+from kick_models.compress.config import (
+    CalibrationConfig,
+    CompressionConfigError,
+    PruneConfig,
+    QuantConfig,
+    SchemeConfig,
+)
 from kick_models.compress.gptq import GPTQQuantizer
 from kick_models.compress.magnitude import MagnitudePruner
 from kick_models.compress.nm import count_zeros
@@ -119,8 +125,8 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     ``calibration``: explicit token ids ``[nsamples, seqlen]``; else built from ``config.calibration``.
     ``device``: compute device for one decoder layer at a time (default: the model's device).
     """
-    if not isinstance(config, (PruneConfig, QuantConfig)):
-        raise TypeError(f"config must be a PruneConfig or QuantConfig, got {type(config).__name__}")
+    if not isinstance(config, (PruneConfig, QuantConfig, SchemeConfig)):
+        raise TypeError(f"config must be a PruneConfig, QuantConfig or SchemeConfig, got {type(config).__name__}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
         raise CompressionConfigError(f"Invalid batch_size={batch_size!r}: expected a positive integer or None.")
     if device is not None:
@@ -128,9 +134,16 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     start = time.perf_counter()
     model.eval()
     path, layers = find_decoder_layers(model)
-    algorithm = ALGORITHMS[config.method]
     check_coverage(model, config)
     check_expert_layouts(model)
+    if isinstance(config, SchemeConfig):
+        from kick_models.compress import scheme_quant
+
+        scheme_quant.check_model(model, config)  # group / block widths refused before any work
+        make_compressor = scheme_quant.make_compressor_factory(config)
+    else:
+        algorithm = ALGORITHMS[config.method]
+        make_compressor = lambda target: algorithm(target, config)  # noqa: E731
     if isinstance(config, PruneConfig):
         if config.nm is not None:
             check_nm_widths(model, layers, path, config.nm[1])
@@ -150,7 +163,7 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     weights: list[dict] = []
     stats = compress_layers(
         model,
-        lambda target: algorithm(target, config),
+        make_compressor,
         needs_calibration=config.needs_calibration,
         tokens=tokens,
         device=device,
@@ -163,6 +176,7 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     )
     report = CompressionReport(config.method, config.to_dict(), stats, time.perf_counter() - start,
                                fingerprint(tokens) if tokens is not None else None, weights)
+    apply_runtime(model, config, report)
     for name, damp in report.damp_raised().items():
         logger.warning("%s: Hessian damping raised from %g to %g to factorize", name, config.damp, damp)
     few = (report.expert_tokens() or {}).get("under_input_width")
@@ -173,6 +187,15 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     logger.info("%s done in %.1fs: %s", config.method, report.seconds,
                 {k: v for k, v in report.summary().items() if k != "config"})
     return report
+
+
+def apply_runtime(model: nn.Module, config, report: CompressionReport) -> None:
+    """What the weights alone do not hold: a scheme's run-time input activation fake-quantization (after a
+    compression, and after loading compressed weights from the cache)."""
+    if isinstance(config, SchemeConfig):
+        from kick_models.compress import scheme_quant
+
+        scheme_quant.attach_activation_quantization(model, config, report.layers)
 
 
 def _no_calibration(method: str, calibration: str | torch.Tensor | None) -> None:
@@ -209,13 +232,31 @@ def prune(model: nn.Module, tokenizer, method: str = "wanda", sparsity: float | 
     return compress(model, tokenizer, config, tokens, device, batch_size, progress)
 
 
-def quantize(model: nn.Module, tokenizer, method: str = "gptq", wbits: int = 4, groupsize: int = 128,
+def quantize(model: nn.Module, tokenizer, method: str | None = None, wbits: int = 4, groupsize: int = 128,
              act_order: bool = False, sym: bool = False, static_groups: bool = False, true_sequential: bool = False,
-             damp: float = 0.01, blocksize: int = 128, calibration: str | torch.Tensor = "wikitext2",
+             damp: float = 0.01, blocksize: int = 128, calibration: str | torch.Tensor | None = "wikitext2",
              nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str | torch.device | None = None,
              batch_size: int | None = None, progress: bool = True, moe_calibration: str = "all",
-             allow_partial: bool = False) -> CompressionReport:
-    """Fake-quantize ``model`` in place with GPTQ or RTN (``moe_calibration``/``allow_partial``: see :func:`prune`)."""
+             allow_partial: bool = False, scheme: str | None = None, ignore: tuple[str, ...] | str = ("lm_head",),
+             group_size: int | None = None) -> CompressionReport:
+    """Fake-quantize ``model`` in place (``moe_calibration``/``allow_partial``: see :func:`prune`).
+
+    Without ``scheme``: kick's integer GPTQ (default) or RTN (``wbits``, ``groupsize``, ``sym`` ...).
+    With ``scheme`` (compressed-tensors' preset names: ``FP8``, ``FP8_DYNAMIC``, ``NVFP4``, ``W4A16`` ...):
+    the scheme's format, weights by ``method`` (rtn default | gptq), input activations fake-quantized at run
+    time; ``ignore`` module names / ``re:`` patterns kept as they are; ``group_size`` overrides the scheme's
+    group; ``calibration`` is needed by gptq and static activation scales (None otherwise).
+    """
+    if scheme is not None:
+        method = method or "rtn"
+        if calibration == "wikitext2":  # the integer path's default: not a request for data
+            calibration = None
+        calib_cfg, tokens = (None, None) if calibration is None else _calibration(calibration, nsamples, seqlen, seed)
+        config = SchemeConfig(scheme=scheme, method=method, ignore=ignore, group_size=group_size, damp=damp,
+                              blocksize=blocksize, calibration=calib_cfg, moe_calibration=moe_calibration,
+                              allow_partial=allow_partial)
+        return compress(model, tokenizer, config, tokens, device, batch_size, progress)
+    method = method or "gptq"
     if method == "rtn":
         _no_calibration(method, calibration)
         calib_cfg, tokens = CalibrationConfig(source="wikitext2"), None

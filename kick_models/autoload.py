@@ -31,6 +31,7 @@ KICK_MODELS = {
     "kick-pruned": "kick_models.lm:KickPrunedLM",
     "kick-gptq": "kick_models.lm:KickQuantizedLM",
     "kick-rtn": "kick_models.lm:KickRTNLM",
+    "kick-quant": "kick_models.lm:KickQuantSchemeLM",
     "kick-bnb": "kick_models.lm:KickBitsAndBytesLM",
 }
 

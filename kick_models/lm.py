@@ -44,6 +44,7 @@ from kick_models.compress.config import (
     check_pretrained,
     parse_prune_args,
     parse_quant_args,
+    parse_scheme_args,
 )
 from kick_models.loadtime import LoadTimeOptions, is_noop
 from kick_models.scoring import BoundedLoglikelihoodMixin
@@ -55,7 +56,9 @@ PRUNE_ARGS = ("method", "sparsity", "sparsity_type", "use_variant", "blocksize",
 QUANT_ARGS = ("method", "wbits", "groupsize", "act_order", "sym", "static_groups", "true_sequential", "damp",
               "blocksize", "calib", "nsamples", "seqlen", "seed", "moe_calibration", "allow_partial")
 BNB_ARGS = ("method", "compute_dtype", "double_quant")
-_ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS))
+SCHEME_ARGS = ("scheme", "method", "ignore", "group_size", "damp", "blocksize", "calib", "nsamples", "seqlen", "seed",
+               "moe_calibration", "allow_partial")
+_ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS + SCHEME_ARGS))
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 #: from_pretrained keyword arguments that look like kick arguments but are not typos.
 _FROM_PRETRAINED_ARGS = {"variant", "device_map", "attn_implementation", "load_in_8bit", "load_in_4bit", "token",
@@ -82,6 +85,8 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
     MODEL_NAME = "kick"
     #: ``method`` used when none is given (None = required).
     DEFAULT_METHOD: str | None = None
+    #: The class's own compression arguments (for the typo check).
+    KNOWN_ARGS: tuple[str, ...] = ()
 
     # -- argument handling ----------------------------------------------------
     @classmethod
@@ -101,7 +106,7 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
         if pretrained is None:
             raise CompressionConfigError(f"--model {self.MODEL_NAME} needs pretrained=<hub id, local folder or model>.")
         self._kick_config, rest = self.parse_compression_args(kwargs)
-        _check_typos(rest, PRUNE_ARGS if isinstance(self._kick_config, PruneConfig) else QUANT_ARGS)
+        _check_typos(rest, self.KNOWN_ARGS)
         self._kick_options = LoadTimeOptions.from_args(compress_device=compress_device,
                                                        compress_batch_size=compress_batch_size, cache_dir=cache_dir,
                                                        cache=cache, save_compressed=save_compressed)
@@ -203,6 +208,7 @@ class KickPrunedLM(_KickCompressedLM):
     """
 
     MODEL_NAME = "kick-pruned"
+    KNOWN_ARGS = PRUNE_ARGS
 
     @classmethod
     def parse_compression_args(cls, args: dict) -> tuple[PruneConfig, dict]:
@@ -221,6 +227,7 @@ class KickQuantizedLM(_KickCompressedLM):
 
     MODEL_NAME = "kick-gptq"
     DEFAULT_METHOD = "gptq"
+    KNOWN_ARGS = QUANT_ARGS
 
     @classmethod
     def parse_compression_args(cls, args: dict) -> tuple[QuantConfig, dict]:
@@ -241,6 +248,26 @@ class KickRTNLM(KickQuantizedLM):
 
     MODEL_NAME = "kick-rtn"
     DEFAULT_METHOD = "rtn"
+
+
+class KickQuantSchemeLM(_KickCompressedLM):
+    """``kick-quant``: a compressed-tensors preset scheme (FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4, NVFP4A16, MXFP4,
+    MXFP4A16, W8A8, W8A16, W4A16, W4A16_ASYM) at load time, as vLLM serves it.
+
+    Model args: ``scheme`` (required), ``method`` (rtn | gptq, default rtn), ``ignore`` (``|``-separated
+    module names / suffixes / ``re:`` patterns, default lm_head), ``group_size`` (override of the scheme's
+    group, recorded), ``damp`` / ``blocksize`` (gptq), ``calib`` / ``nsamples`` / ``seqlen`` / ``seed``
+    (gptq and static activation scales: FP8, NVFP4), ``moe_calibration``, ``allow_partial``, plus the compute
+    args of the module docstring and every ``hf`` argument.
+    """
+
+    MODEL_NAME = "kick-quant"
+    DEFAULT_METHOD = "rtn"
+    KNOWN_ARGS = SCHEME_ARGS
+
+    @classmethod
+    def parse_compression_args(cls, args: dict):
+        return parse_scheme_args(args)
 
 
 # ------------------------------------------------------------------------------------------ bitsandbytes

@@ -170,7 +170,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
     """
     from kick_models.compress.host_memory import PhaseMemory
     from kick_models import distributed
-    from kick_models.api import check_coverage, compress
+    from kick_models.api import apply_runtime, check_coverage, compress
     from kick_models.cache import CompressionCache
     from kick_models.compress.placement import describe
 
@@ -202,7 +202,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
         report = run_compression(progress=False)  # measures only
         record["compressed_in_this_process"] = False
         record["cache"] = {"status": "not used (sparsity=0: the model stays dense)"}
-        return _finish(model, tokenizer, report, record, source, options, t0, memory)
+        return _finish(model, tokenizer, config, report, record, source, options, t0, memory)
 
     cache = CompressionCache.open(options.cache_dir) if options.cache_enabled else None
     status = "miss" if cache is not None else ("disabled" if not options.cache_enabled else "unwritable")
@@ -223,7 +223,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
     if cache is None:
         report = run_compression(progress=rank == 0)
         record["cache"] = {"status": status}
-        return _finish(model, tokenizer, report, record, source, options, t0, memory)
+        return _finish(model, tokenizer, config, report, record, source, options, t0, memory)
 
     from kick_models.distributed import HeldLock
 
@@ -242,6 +242,7 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
             report = cache.load_into(key, model)
         if report is not None:
             status = "hit"
+            apply_runtime(model, config, report)  # e.g. a scheme's run-time activation quantization
             record["cache_load_seconds"] = round(time.perf_counter() - t_load, 3)
             logger.info("kick: loaded compressed weights from cache entry %s", cache.entry_dir(key))
         else:
@@ -259,14 +260,15 @@ def compress_or_load(model: torch.nn.Module, tokenizer, config, source: ModelSou
         distributed.barrier()
         if rank == 0:
             shutil.rmtree(tmp_root, ignore_errors=True)
-    return _finish(model, tokenizer, report, record, source, options, t0, memory)
+    return _finish(model, tokenizer, config, report, record, source, options, t0, memory)
 
 
-def _finish(model, tokenizer, report, record: dict, source: ModelSource, options: LoadTimeOptions,
+def _finish(model, tokenizer, config, report, record: dict, source: ModelSource, options: LoadTimeOptions,
             t0: float, memory: Any) -> tuple[Any, dict]:
     """Setup time, the optional export (rank 0 only) and the summary log line."""
     memory.stop()  # the compression
     from kick_models import distributed
+    from kick_models.compress.config import SchemeConfig
     from kick_models.export import save_compressed
 
     summary = report.summary()
@@ -274,10 +276,16 @@ def _finish(model, tokenizer, report, record: dict, source: ModelSource, options
     rank, _ = distributed.world()
     if options.save_to is not None and rank == 0:
         memory.start("save_compressed")
-        path = save_compressed(
-            model, tokenizer, report, options.save_to,
-            source=source.described, extra={"cache": record.get("cache")},
-        )
+        if isinstance(config, SchemeConfig):  # a compressed-tensors checkpoint (what vLLM serves)
+            from kick_models.export_ct import save_compressed_tensors
+
+            path = save_compressed_tensors(model, tokenizer, report, config, options.save_to,
+                                           source=source.described, extra={"cache": record.get("cache")})
+        else:
+            path = save_compressed(
+                model, tokenizer, report, options.save_to,
+                source=source.described, extra={"cache": record.get("cache")},
+            )
         record["saved_to"] = str(path)
         logger.info("kick: compressed checkpoint written to %s", path)
     coverage = summary.get("coverage") or {}

@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kick_models.compress.errors import CompressionConfigError
+
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 QUANT_METHODS = ("gptq", "rtn")
 WBITS = (2, 3, 4, 8)
@@ -22,10 +24,6 @@ BUILTIN_CALIBRATION = ("c4", "wikitext2")
 MOE_CALIBRATION = ("all", "routed")
 CALIBRATION_FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _FILE_LIKE_SUFFIXES = CALIBRATION_FILE_SUFFIXES + (".json", ".csv", ".tsv", ".gz", ".arrow", ".md")
-
-
-class CompressionConfigError(ValueError):
-    """A compression argument is invalid (message names argument, value and allowed values)."""
 
 
 class UnsupportedModelError(CompressionConfigError):
@@ -427,3 +425,143 @@ def parse_quant_args(args: dict) -> tuple[QuantConfig, dict]:
     consumed = {"method", "wbits", "groupsize", "blocksize", "act_order", "sym", "static_groups", "true_sequential", "damp",
                 *_CALIB_KEYS, *_COVERAGE_KEYS}
     return config, {k: v for k, v in args.items() if k not in consumed}
+
+
+# --------------------------------------------------------------------------- compressed-tensors schemes
+
+SCHEME_METHODS = ("rtn", "gptq")
+
+
+@dataclass(frozen=True)
+class SchemeConfig:
+    """A compressed-tensors preset scheme (``FP8``, ``NVFP4``, ``W4A16`` ...; :mod:`kick_models.compress.schemes`)
+    applied at load time: weights by ``method`` (rtn | gptq), input activations fake-quantized at run time."""
+
+    scheme: str = "W4A16"
+    method: str = "rtn"
+    ignore: tuple[str, ...] = ("lm_head",)
+    group_size: int | None = None  # explicit override of the scheme's group size (recorded)
+    damp: float = 0.01  # gptq
+    blocksize: int = 128  # gptq
+    calibration: CalibrationConfig | None = None  # None: no calibration data given
+    moe_calibration: str = "all"
+    allow_partial: bool = False
+
+    def __post_init__(self) -> None:
+        from kick_models.compress import schemes
+
+        if not isinstance(self.scheme, str):
+            raise _err("scheme", self.scheme, f"known schemes are {', '.join(schemes.SCHEMES)}")
+        object.__setattr__(self, "scheme", self.scheme.strip().upper())
+        if self.method not in SCHEME_METHODS:
+            raise _err("method", self.method, f"kick-quant weight methods are {', '.join(SCHEME_METHODS)}")
+        if isinstance(self.ignore, str):
+            object.__setattr__(self, "ignore", tuple(p for p in self.ignore.replace("|", ",").split(",") if p))
+        if not isinstance(self.ignore, (tuple, list)) or not all(isinstance(p, str) and p for p in self.ignore):
+            raise _err("ignore", self.ignore, "expected module names / suffixes or re:<regex> patterns")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if self.group_size is not None:
+            object.__setattr__(self, "group_size", as_int("group_size", self.group_size))
+        scheme = self.quantization_scheme()  # unknown scheme / bad group_size refused here
+        if self.method == "gptq" and scheme.weights is None:
+            raise CompressionConfigError(
+                f"Invalid method=gptq with scheme={self.scheme}: the scheme quantizes no weights, so GPTQ has "
+                "nothing to do. Use method=rtn.")
+        damp = as_float("damp", self.damp)
+        if not 0.0 < damp <= 1.0:
+            raise _err("damp", self.damp, "expected a fraction in (0, 1], e.g. 0.01")
+        object.__setattr__(self, "damp", damp)
+        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize <= 0:
+            raise _err("blocksize", self.blocksize, "expected a positive integer")
+        if self.needs_calibration and self.calibration is None:
+            why = ("method=gptq needs calibration data" if self.method == "gptq" else
+                   f"scheme {self.scheme} has static input activation scales, calibrated on data")
+            raise CompressionConfigError(
+                f"Invalid scheme={self.scheme} method={self.method} without calibration data: {why}. Pass "
+                "calibration=<c4 | wikitext2 | file | token ids> (calib=... in model_args).")
+        if self.calibration is not None and not self.needs_calibration:
+            raise CompressionConfigError(
+                f"Invalid calibration with scheme={self.scheme} method={self.method}: it uses no calibration data "
+                "(weights by round to nearest, activations dynamic). Remove the calibration.")
+        if self.calibration is not None and not isinstance(self.calibration, CalibrationConfig):
+            raise _err("calibration", self.calibration, "expected a CalibrationConfig")
+        _check_coverage_args(self)
+
+    def quantization_scheme(self):
+        """compressed-tensors' ``QuantizationScheme`` (with the group_size override)."""
+        from kick_models.compress import schemes
+
+        return schemes.resolve_scheme(self.scheme, self.group_size)
+
+    @property
+    def needs_calibration(self) -> bool:
+        from kick_models.compress import schemes
+
+        return self.method == "gptq" or schemes.has_static_activations(self.quantization_scheme())
+
+    def to_dict(self) -> dict:
+        from kick_models.compress import schemes
+
+        scheme = self.quantization_scheme()
+        d = asdict(self)
+        d["ignore"] = list(self.ignore)
+        if self.method != "gptq":
+            d["damp"] = d["blocksize"] = None
+        if not self.needs_calibration:
+            d["moe_calibration"] = None
+        d["weights"] = schemes.describe_args(scheme.weights)
+        d["input_activations"] = schemes.describe_args(scheme.input_activations)
+        d["activation_format"] = schemes.activation_format(scheme.input_activations)
+        return d
+
+
+def parse_scheme_args(args: dict) -> tuple[SchemeConfig, dict]:
+    """Build a :class:`SchemeConfig` from (possibly string) model arguments; return it and the unused args.
+
+    Keys: scheme (required), method (rtn | gptq, default rtn), ignore (``|``-separated; default lm_head),
+    group_size, damp / blocksize (gptq), calib / nsamples / seqlen / seed, moe_calibration, allow_partial.
+    """
+    from kick_models.compress import schemes
+
+    args = dict(args)
+    if "scheme" not in args:
+        raise CompressionConfigError(f"Missing scheme: give scheme=<one of {', '.join(schemes.SCHEMES)}>.")
+    method = _method(args, SCHEME_METHODS, "rtn")
+    for key in ("wbits", "groupsize", "act_order", "sym", "static_groups", "sparsity", "sparsity_type", "use_variant"):
+        if key in args:
+            hint = " (use group_size= to override the scheme's group)" if key == "groupsize" else ""
+            raise CompressionConfigError(
+                f"Invalid {key}={args[key]!r} for kick-quant: the scheme fixes the format{hint}; {key} belongs to "
+                "kick-gptq / kick-pruned.")
+    if method == "rtn":
+        for key in ("damp", "blocksize"):
+            if key in args:
+                raise CompressionConfigError(f"Invalid {key}={args[key]!r} with method=rtn: {key} is used only by method=gptq.")
+    kwargs: dict[str, Any] = {"scheme": args["scheme"], "method": method}
+    if "ignore" in args:
+        kwargs["ignore"] = str(args["ignore"])
+    if "group_size" in args:
+        kwargs["group_size"] = as_int("group_size", args["group_size"])
+    for key in ("blocksize",):
+        if key in args:
+            kwargs[key] = as_int(key, args[key])
+    if "damp" in args:
+        kwargs["damp"] = as_float("damp", args["damp"])
+    needs = method == "gptq" or schemes.has_static_activations(
+        schemes.resolve_scheme(kwargs["scheme"], kwargs.get("group_size")))
+    if needs:
+        kwargs["calibration"] = _parse_calibration(args, "c4", method, True)
+    else:
+        _parse_calibration(args, "c4", f"{method} with scheme={str(args['scheme']).upper()}", False)
+    kwargs.update(_parse_coverage_args(args, method, needs))
+    config = SchemeConfig(**kwargs)
+    consumed = {"scheme", "method", "ignore", "group_size", "blocksize", "damp", *_CALIB_KEYS, *_COVERAGE_KEYS}
+    return config, {k: v for k, v in args.items() if k not in consumed}
+
+
+def parser_for(model: str):
+    """The argument parser of an lm-eval kick model class (``kick-quant``, ``kick-gptq`` / ``kick-rtn``,
+    else ``kick-pruned``)."""
+    if model == "kick-quant":
+        return parse_scheme_args
+    return parse_quant_args if model in ("kick-gptq", "kick-rtn") else parse_prune_args

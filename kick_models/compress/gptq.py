@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +21,9 @@ def act_order_permutation(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 128, sym: bool = False,
                   act_order: bool = False, static_groups: bool = False, blocksize: int = 128, damp: float = 0.01,
-                  name: str = "", record: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+                  name: str = "", record: dict | None = None,
+                  column_quantizer: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """Quantize-dequantize the float32 matrix ``W`` column by column with error feedback through ``H``.
 
     Returns ``(Q, {"scales", "zeros", "g_idx"}, loss)``; scales/zeros are ``[n_groups, rows]`` and
@@ -28,12 +31,22 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
     parameters are computed from ``W`` at the group's first column (weights updated by earlier
     blocks, not by earlier columns of the same block); with act-order the groups follow the
     permuted order; static groups are fixed on the unpermuted ``W`` before anything is quantized.
+
+    ``column_quantizer(w, j)`` (another grid, e.g. a compressed-tensors scheme whose parameters were fixed on
+    the unquantized weight, as llm-compressor's GPTQModifier fixes them) replaces the integer grid: it returns
+    column ``j`` quantize-dequantized (``bits``, ``groupsize``, ``sym``, ``static_groups`` and ``act_order``
+    are then unused, and the returned parameters are empty).
     """
     W = W.clone()
     H = H.clone()
     rows, columns = W.shape
     maxq = maxq_for(bits)
-    scale, zero = find_params(W, bits, sym)  # used as-is when groupsize == -1
+    on_grid = column_quantizer is not None
+    if on_grid:
+        groupsize, static_groups, act_order = -1, False, False
+        scale = zero = torch.zeros(rows, 1, dtype=W.dtype, device=W.device)  # unused
+    else:
+        scale, zero = find_params(W, bits, sym)  # used as-is when groupsize == -1
     dead = dead_inputs(H)
     W[:, dead] = 0
     static: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -61,25 +74,31 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int = 
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(count):
             w = W1T[i]
-            if groupsize != -1:
-                if not static_groups:
-                    if (i1 + i) % groupsize == 0:
-                        scale, zero = find_params(W[:, i1 + i:i1 + i + groupsize], bits, sym)
+            if on_grid:
+                q = Q1T[i]
+                q.copy_(column_quantizer(w, i1 + i))
+            else:
+                if groupsize != -1:
+                    if not static_groups:
+                        if (i1 + i) % groupsize == 0:
+                            scale, zero = find_params(W[:, i1 + i:i1 + i + groupsize], bits, sym)
+                            scale_row, zero_row = scale.flatten(), zero.flatten()
+                            dyn_scales.append(scale_row)
+                            dyn_zeros.append(zero_row)
+                    else:
+                        idx = i1 + i
+                        if act_order:
+                            idx = int(perm[idx])
+                        scale, zero = static[idx // groupsize]
                         scale_row, zero_row = scale.flatten(), zero.flatten()
-                        dyn_scales.append(scale_row)
-                        dyn_zeros.append(zero_row)
-                else:
-                    idx = i1 + i
-                    if act_order:
-                        idx = int(perm[idx])
-                    scale, zero = static[idx // groupsize]
-                    scale_row, zero_row = scale.flatten(), zero.flatten()
-            q = quantize(w, scale_row, zero_row, maxq, out=Q1T[i])
+                q = quantize(w, scale_row, zero_row, maxq, out=Q1T[i])
             err1 = torch.div(w - q, Hinv1[i, i], out=Err1T[i])
             W1T[i:].sub_(Hinv1[i, i:].unsqueeze(1) * err1)
         Q[:, i1:i2] = Q1T.t()
         loss += torch.sum(Err1T ** 2) / 2  # err1 = (w - q) / d: the reference's (w - q)^2 / d^2 per weight
         W[:, i2:] -= Err1T.t().contiguous().matmul(Hinv[i1:i2, i2:])
+    if on_grid:
+        return Q, {}, float(loss.item())
     if act_order:
         Q = Q[:, invperm]
     position = torch.arange(columns, device=W.device)
