@@ -366,6 +366,10 @@ def compression_info(run: Run) -> dict[str, Any]:
     scheme = args.get("scheme", scfg.get("scheme")) if model == "kick-quant" or scfg.get("scheme") else None
     if scheme:  # kick-quant: the compressed-tensors scheme names the format
         method = str(scheme).upper() + ("" if str(scfg.get("method", "rtn")) == "rtn" else f" {scfg.get('method')}")
+        if scfg.get("smoothquant") is not None:  # SmoothQuant's alpha; the reference code's own arithmetic
+            method += f" smoothquant {scfg['smoothquant']:g}"
+        if scfg.get("quantizer") == "reference":
+            method += " (reference quantizer)"
         groupsize = _num(scfg.get("group_size"))
     if scheme or model in ("kick-gptq", "kick-rtn", "kick-bnb") or str(method) in ("gptq", "rtn"):
         kind = "quant"

@@ -7,6 +7,7 @@
                [--nm 2:4,4:8]                             N:M patterns of the pruning methods
                [--wbits 8,4,3 | rtn=4] [--groupsize 128]  bit widths / group size of gptq and rtn
                [--schemes FP8_DYNAMIC,W8A8,NVFP4A16,W4A16:group_size=64]   kick-quant (compressed-tensors) schemes
+                                                          (W4A16:method=awq, W8A8:smoothquant=0.8: AWQ, SmoothQuant)
                [--calib c4] [--nsamples 128] [--seqlen 2048] [--seed 0]
                [--tasks kick] [--limit N] [--batch_size B] [--device cpu] [--include_path DIR]
                [--force] [--dry-run] [--verbose] [--no-divergence] [-- any other lm_eval arguments, verbatim]
@@ -253,7 +254,7 @@ def scheme_configs(ns: argparse.Namespace) -> list[SweepConfig]:
             scheme = schemes.resolve_scheme(name, int(opts["group_size"]) if "group_size" in opts else None)
         except (ValueError, ImportError) as exc:
             raise SweepError(f"--schemes {item!r}: {exc}") from None
-        if opts.get("method", "rtn") != "rtn" or schemes.has_static_activations(scheme):
+        if opts.get("method", "rtn") != "rtn" or "smoothquant" in opts or schemes.has_static_activations(scheme):
             args += [(k, getattr(ns, k)) for k in ("calib", "nsamples", "seqlen", "seed") if getattr(ns, k) is not None]
         slug = "quant-" + "-".join([name.lower(), *(o.replace("=", "") for o in options)])
         out.append(SweepConfig(slug, "scheme", "kick-quant", tuple(args)))

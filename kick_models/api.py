@@ -136,11 +136,14 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     path, layers = find_decoder_layers(model)
     check_coverage(model, config)
     check_expert_layouts(model)
+    block_transform = None
     if isinstance(config, SchemeConfig):
-        from kick_models.compress import scheme_quant
+        from kick_models.compress import scheme_quant, transforms
 
         scheme_quant.check_model(model, config)  # group / block widths refused before any work
-        make_compressor = scheme_quant.make_compressor_factory(config)
+        block_transform = transforms.scheme_block_transform(model, config)  # AWQ / SmoothQuant: layouts checked
+        make_compressor = (transforms.reference_compressor_factory(config)
+                           or scheme_quant.make_compressor_factory(config))
     else:
         algorithm = ALGORITHMS[config.method]
         make_compressor = lambda target: algorithm(target, config)  # noqa: E731
@@ -161,6 +164,7 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
     elif calibration is not None:
         raise CompressionConfigError(f"method={config.method} uses no calibration data; do not pass calibration.")
     weights: list[dict] = []
+    transformed: list[dict] = []
     stats = compress_layers(
         model,
         make_compressor,
@@ -173,9 +177,11 @@ def compress(model: nn.Module, tokenizer, config: PruneConfig | QuantConfig, cal
         desc=config.method,
         moe_calibration=config.moe_calibration,
         block_weights=weights,
+        block_transform=block_transform,
+        transforms=transformed,
     )
     report = CompressionReport(config.method, config.to_dict(), stats, time.perf_counter() - start,
-                               fingerprint(tokens) if tokens is not None else None, weights)
+                               fingerprint(tokens) if tokens is not None else None, weights, transformed)
     apply_runtime(model, config, report)
     for name, damp in report.damp_raised().items():
         logger.warning("%s: Hessian damping raised from %g to %g to factorize", name, config.damp, damp)
@@ -193,9 +199,10 @@ def apply_runtime(model: nn.Module, config, report: CompressionReport) -> None:
     """What the weights alone do not hold: a scheme's run-time input activation fake-quantization (after a
     compression, and after loading compressed weights from the cache)."""
     if isinstance(config, SchemeConfig):
-        from kick_models.compress import scheme_quant
+        from kick_models.compress import scheme_quant, transforms
 
-        scheme_quant.attach_activation_quantization(model, config, report.layers)
+        if not transforms.attach_reference_runtime(model, config, report.layers):
+            scheme_quant.attach_activation_quantization(model, config, report.layers)
 
 
 def _no_calibration(method: str, calibration: str | torch.Tensor | None) -> None:
@@ -238,14 +245,18 @@ def quantize(model: nn.Module, tokenizer, method: str | None = None, wbits: int 
              nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str | torch.device | None = None,
              batch_size: int | None = None, progress: bool = True, moe_calibration: str = "all",
              allow_partial: bool = False, scheme: str | None = None, ignore: tuple[str, ...] | str = ("lm_head",),
-             group_size: int | None = None) -> CompressionReport:
+             group_size: int | None = None, smoothquant: float | None = None, quantizer: str = "scheme",
+             duo_scaling: bool = False) -> CompressionReport:
     """Fake-quantize ``model`` in place (``moe_calibration``/``allow_partial``: see :func:`prune`).
 
     Without ``scheme``: kick's integer GPTQ (default) or RTN (``wbits``, ``groupsize``, ``sym`` ...).
     With ``scheme`` (compressed-tensors' preset names: ``FP8``, ``FP8_DYNAMIC``, ``NVFP4``, ``W4A16`` ...):
     the scheme's format, weights by ``method`` (rtn default | gptq), input activations fake-quantized at run
     time; ``ignore`` module names / ``re:`` patterns kept as they are; ``group_size`` overrides the scheme's
-    group; ``calibration`` is needed by gptq and static activation scales (None otherwise).
+    group; ``calibration`` is needed by gptq and static activation scales (None otherwise). ``method="awq"``
+    (schemes W4A16, W4A16_ASYM, W8A16) and ``smoothquant=<alpha>`` (activation schemes) transform each block
+    first (:mod:`kick_models.compress.transforms`); ``quantizer="reference"`` quantizes with their reference
+    code's arithmetic; ``duo_scaling``: llm-compressor's AWQ scale formula.
     """
     if scheme is not None:
         method = method or "rtn"
@@ -254,7 +265,8 @@ def quantize(model: nn.Module, tokenizer, method: str | None = None, wbits: int 
         calib_cfg, tokens = (None, None) if calibration is None else _calibration(calibration, nsamples, seqlen, seed)
         config = SchemeConfig(scheme=scheme, method=method, ignore=ignore, group_size=group_size, damp=damp,
                               blocksize=blocksize, calibration=calib_cfg, moe_calibration=moe_calibration,
-                              allow_partial=allow_partial)
+                              allow_partial=allow_partial, smoothquant=smoothquant, quantizer=quantizer,
+                              duo_scaling=duo_scaling)
         return compress(model, tokenizer, config, tokens, device, batch_size, progress)
     method = method or "gptq"
     if method == "rtn":

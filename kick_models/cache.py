@@ -310,8 +310,11 @@ def _took(model: torch.nn.Module, key: str, value: torch.Tensor) -> bool:
 
 def compressed_parameter_names(report: Any) -> list[str]:
     """Every parameter holding a compressed matrix of ``report`` (a Linear's ``.weight``, a Conv1D weight, a fused
-    MoE experts tensor: once for all its expert slices), in first-seen order."""
-    return list(dict.fromkeys(getattr(layer, "param", None) or f"{layer.name}.weight" for layer in report.layers))
+    MoE experts tensor: once for all its expert slices), then the norms a block transform (AWQ, SmoothQuant) scaled,
+    in first-seen order."""
+    names = [getattr(layer, "param", None) or f"{layer.name}.weight" for layer in report.layers]
+    names += getattr(report, "transformed_params", lambda: [])()
+    return list(dict.fromkeys(names))
 
 
 def compressed_weights(model: torch.nn.Module, report: Any) -> dict[str, torch.Tensor]:

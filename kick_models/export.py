@@ -133,6 +133,7 @@ def compression_record(model, report: Any, source: dict | None = None, extra: di
     record = {
         "summary": report.summary(),
         "layers": report_to_json(report).get("layers", []),
+        "transforms": report_to_json(report).get("transforms", []),
         "source_model": source or {"name_or_path": getattr(model, "name_or_path", "")},
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -86,6 +86,9 @@ def save_compressed_tensors(model: torch.nn.Module, tokenizer, report: Any, conf
             "compressed-tensors checkpoints quantize per-module Linear weights, so kick cannot write this model in "
             "that format. Evaluate without save_compressed, or load the model with per-expert Linears "
             "(transformers 4.x).")
+    if getattr(config, "quantizer", "scheme") != "scheme":  # AWQ / SmoothQuant with the references' arithmetic
+        raise ExportError("quantizer=reference: the weights hold the reference code's fake quantization, not the "
+                          "scheme's format; export with quantizer=scheme")
     clone = _prepared_copy(model, report, config)
     compressor = ModelCompressor.from_pretrained_model(clone)
     groups = compressor.quantization_config.config_groups

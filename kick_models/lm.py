@@ -57,7 +57,7 @@ QUANT_ARGS = ("method", "wbits", "groupsize", "act_order", "sym", "static_groups
               "blocksize", "calib", "nsamples", "seqlen", "seed", "moe_calibration", "allow_partial")
 BNB_ARGS = ("method", "compute_dtype", "double_quant")
 SCHEME_ARGS = ("scheme", "method", "ignore", "group_size", "damp", "blocksize", "calib", "nsamples", "seqlen", "seed",
-               "moe_calibration", "allow_partial")
+               "moe_calibration", "allow_partial", "smoothquant", "quantizer", "duo_scaling")
 _ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS + SCHEME_ARGS))
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 #: from_pretrained keyword arguments that look like kick arguments but are not typos.
@@ -110,6 +110,10 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
         self._kick_options = LoadTimeOptions.from_args(compress_device=compress_device,
                                                        compress_batch_size=compress_batch_size, cache_dir=cache_dir,
                                                        cache=cache, save_compressed=save_compressed)
+        if self._kick_options.save_to is not None and getattr(self._kick_config, "quantizer", "scheme") == "reference":
+            raise CompressionConfigError(
+                "Invalid save_compressed with quantizer=reference: the reference code's fake quantization is not "
+                "the scheme's format a compressed-tensors checkpoint holds. Export with quantizer=scheme (default).")
         self._kick_report = None
         self._kick_record: dict[str, Any] = {}
         self._kick_source = {
@@ -183,7 +187,7 @@ class _KickCompressedLM(BoundedLoglikelihoodMixin, HFLM):
             "compression_seconds": summary.get("seconds"),
             "n_layers": summary.get("n_layers"),
             "coverage": summary.get("coverage"),
-            **{k: summary[k] for k in ("damp_raised", "expert_tokens") if k in summary},
+            **{k: summary[k] for k in ("damp_raised", "expert_tokens", "transforms") if k in summary},
             "calibration_fingerprint": summary.get("calibration_fingerprint"),
             **self._kick_record,
             "memory": self._kick_memory.record(),
@@ -254,9 +258,10 @@ class KickQuantSchemeLM(_KickCompressedLM):
     """``kick-quant``: a compressed-tensors preset scheme (FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4, NVFP4A16, MXFP4,
     MXFP4A16, W8A8, W8A16, W4A16, W4A16_ASYM) at load time, as vLLM serves it.
 
-    Model args: ``scheme`` (required), ``method`` (rtn | gptq, default rtn), ``ignore`` (``|``-separated
+    Model args: ``scheme`` (required), ``method`` (rtn | gptq | awq, default rtn), ``ignore`` (``|``-separated
     module names / suffixes / ``re:`` patterns, default lm_head), ``group_size`` (override of the scheme's
-    group, recorded), ``damp`` / ``blocksize`` (gptq), ``calib`` / ``nsamples`` / ``seqlen`` / ``seed``
+    group, recorded), ``damp`` / ``blocksize`` (gptq), ``smoothquant`` (alpha, before activation schemes),
+    ``quantizer`` (scheme | reference: awq / smoothquant), ``duo_scaling`` (awq), ``calib`` / ``nsamples`` / ``seqlen`` / ``seed``
     (gptq and static activation scales: FP8, NVFP4), ``moe_calibration``, ``allow_partial``, plus the compute
     args of the module docstring and every ``hf`` argument.
     """

@@ -73,7 +73,8 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_config(family: str = "llama", vocab_size: int = 384, hidden: int = 64, layers: int = 2,
-                intermediate: int = 128, max_positions: int = 512):
+                intermediate: int = 128, max_positions: int = 512, **overrides):
+    """``overrides``: further config arguments (e.g. ``num_key_value_heads``), applied last."""
     from transformers import AutoConfig
 
     common = dict(
@@ -99,6 +100,7 @@ def make_config(family: str = "llama", vocab_size: int = 384, hidden: int = 64, 
     if family == "opt":
         common.update(ffn_dim=intermediate, word_embed_proj_dim=hidden)
     common.update(_FAMILY_KWARGS.get(family, {}))
+    common.update(overrides)
     return AutoConfig.for_model(family, **common)
 
 

@@ -318,7 +318,8 @@ _CALIB_KEYS = ("calib", "nsamples", "seqlen", "seed")
 _COVERAGE_KEYS = ("moe_calibration", "allow_partial")
 
 
-def _parse_calibration(args: dict, default_source: str, method: str, needs_calibration: bool) -> CalibrationConfig:
+def _parse_calibration(args: dict, default_source: str, method: str, needs_calibration: bool,
+                       default_seqlen: int = 2048) -> CalibrationConfig:
     given = [k for k in _CALIB_KEYS if k in args]
     if not needs_calibration:
         if given:
@@ -333,7 +334,7 @@ def _parse_calibration(args: dict, default_source: str, method: str, needs_calib
     return CalibrationConfig(
         source=source.strip(),
         nsamples=as_int("nsamples", args.get("nsamples", 128)),
-        seqlen=as_int("seqlen", args.get("seqlen", 2048)),
+        seqlen=as_int("seqlen", args.get("seqlen", default_seqlen)),
         seed=as_int("seed", args.get("seed", 0)),
     )
 
@@ -429,7 +430,9 @@ def parse_quant_args(args: dict) -> tuple[QuantConfig, dict]:
 
 # --------------------------------------------------------------------------- compressed-tensors schemes
 
-SCHEME_METHODS = ("rtn", "gptq")
+SCHEME_METHODS = ("rtn", "gptq", "awq")
+AWQ_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A16")  # the integer weight-only schemes llm-awq's search applies to
+QUANTIZERS = ("scheme", "reference")  # awq / smoothquant: the scheme's arithmetic, or the reference code's own
 
 
 @dataclass(frozen=True)
@@ -446,6 +449,9 @@ class SchemeConfig:
     calibration: CalibrationConfig | None = None  # None: no calibration data given
     moe_calibration: str = "all"
     allow_partial: bool = False
+    smoothquant: float | None = None  # SmoothQuant's alpha: smoothing before an activation-quantizing scheme
+    quantizer: str = "scheme"  # awq / smoothquant: "reference" quantizes with llm-awq's / SmoothQuant's arithmetic
+    duo_scaling: bool = False  # awq: llm-compressor's scale formula x^r / w^(1-r) instead of llm-awq's x^r
 
     def __post_init__(self) -> None:
         from kick_models.compress import schemes
@@ -467,6 +473,7 @@ class SchemeConfig:
             raise CompressionConfigError(
                 f"Invalid method=gptq with scheme={self.scheme}: the scheme quantizes no weights, so GPTQ has "
                 "nothing to do. Use method=rtn.")
+        _check_scaling_transforms(self, scheme)
         damp = as_float("damp", self.damp)
         if not 0.0 < damp <= 1.0:
             raise _err("damp", self.damp, "expected a fraction in (0, 1], e.g. 0.01")
@@ -474,7 +481,8 @@ class SchemeConfig:
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize <= 0:
             raise _err("blocksize", self.blocksize, "expected a positive integer")
         if self.needs_calibration and self.calibration is None:
-            why = ("method=gptq needs calibration data" if self.method == "gptq" else
+            why = (f"method={self.method} needs calibration data" if self.method in ("gptq", "awq") else
+                   "smoothquant needs activation maxima from calibration data" if self.smoothquant is not None else
                    f"scheme {self.scheme} has static input activation scales, calibrated on data")
             raise CompressionConfigError(
                 f"Invalid scheme={self.scheme} method={self.method} without calibration data: {why}. Pass "
@@ -497,7 +505,8 @@ class SchemeConfig:
     def needs_calibration(self) -> bool:
         from kick_models.compress import schemes
 
-        return self.method == "gptq" or schemes.has_static_activations(self.quantization_scheme())
+        return (self.method in ("gptq", "awq") or self.smoothquant is not None
+                or schemes.has_static_activations(self.quantization_scheme()))
 
     def to_dict(self) -> dict:
         from kick_models.compress import schemes
@@ -512,14 +521,58 @@ class SchemeConfig:
         d["weights"] = schemes.describe_args(scheme.weights)
         d["input_activations"] = schemes.describe_args(scheme.input_activations)
         d["activation_format"] = schemes.activation_format(scheme.input_activations)
+        if self.smoothquant is None:  # the transforms' keys only where they apply (other cache keys unchanged)
+            d.pop("smoothquant")
+        if self.method != "awq":
+            d.pop("duo_scaling")
+        if self.method != "awq" and self.smoothquant is None:
+            d.pop("quantizer")
         return d
+
+
+def _check_scaling_transforms(config: SchemeConfig, scheme) -> None:
+    """AWQ only before the integer weight-only schemes; smoothquant's alpha in (0, 1] and only before a scheme
+    that quantizes input activations; quantizer=reference only where a reference arithmetic exists."""
+    if config.method == "awq" and config.scheme not in AWQ_SCHEMES:
+        raise CompressionConfigError(
+            f"Invalid method=awq with scheme={config.scheme}: kick runs AWQ as llm-awq does, an integer min-max scale "
+            f"and clip search, so only before the integer weight-only schemes {', '.join(AWQ_SCHEMES)}. Use "
+            "method=rtn or gptq with this scheme.")
+    if config.smoothquant is not None:
+        alpha = as_float("smoothquant", config.smoothquant)
+        if not 0.0 < alpha <= 1.0:
+            raise _err("smoothquant", config.smoothquant, "expected the migration strength alpha in (0, 1] (the "
+                       "reference's default is 0.5; its published LLaMA runs use 0.8 - 0.9)")
+        object.__setattr__(config, "smoothquant", alpha)
+        if scheme.input_activations is None:
+            raise CompressionConfigError(
+                f"Invalid smoothquant={alpha} with scheme={config.scheme}: SmoothQuant moves activation outliers into "
+                "the weights, which helps only a scheme that quantizes input activations (W8A8, FP8_DYNAMIC ...); "
+                f"{config.scheme} is weight-only.")
+        if config.method == "gptq":
+            raise CompressionConfigError(
+                "Invalid smoothquant with method=gptq: not supported yet (GPTQ propagates quantized activations, "
+                "SmoothQuant calibrates on the dense model's). Use method=rtn.")
+    if config.quantizer not in QUANTIZERS:
+        raise _err("quantizer", config.quantizer, f"expected one of {', '.join(QUANTIZERS)}")
+    if config.quantizer == "reference" and not (
+            config.method == "awq" or (config.smoothquant is not None and config.scheme == "W8A8")):
+        raise CompressionConfigError(
+            f"Invalid quantizer=reference with scheme={config.scheme} method={config.method}: the reference "
+            "arithmetic exists for method=awq (llm-awq) and for smoothquant=<alpha> with scheme=W8A8 (SmoothQuant's "
+            "per-channel weights / per-token activations).")
+    if not isinstance(config.duo_scaling, bool):
+        raise _err("duo_scaling", config.duo_scaling, "expected a boolean")
+    if config.duo_scaling and config.method != "awq":
+        raise CompressionConfigError(f"Invalid duo_scaling=True with method={config.method}: an option of method=awq.")
 
 
 def parse_scheme_args(args: dict) -> tuple[SchemeConfig, dict]:
     """Build a :class:`SchemeConfig` from (possibly string) model arguments; return it and the unused args.
 
-    Keys: scheme (required), method (rtn | gptq, default rtn), ignore (``|``-separated; default lm_head),
-    group_size, damp / blocksize (gptq), calib / nsamples / seqlen / seed, moe_calibration, allow_partial.
+    Keys: scheme (required), method (rtn | gptq | awq, default rtn), ignore (``|``-separated; default lm_head),
+    group_size, damp / blocksize (gptq), smoothquant (alpha), quantizer (scheme | reference), duo_scaling (awq),
+    calib / nsamples / seqlen / seed, moe_calibration, allow_partial.
     """
     from kick_models.compress import schemes
 
@@ -533,11 +586,17 @@ def parse_scheme_args(args: dict) -> tuple[SchemeConfig, dict]:
             raise CompressionConfigError(
                 f"Invalid {key}={args[key]!r} for kick-quant: the scheme fixes the format{hint}; {key} belongs to "
                 "kick-gptq / kick-pruned.")
-    if method == "rtn":
+    if method in ("rtn", "awq"):
         for key in ("damp", "blocksize"):
             if key in args:
-                raise CompressionConfigError(f"Invalid {key}={args[key]!r} with method=rtn: {key} is used only by method=gptq.")
+                raise CompressionConfigError(f"Invalid {key}={args[key]!r} with method={method}: {key} is used only by method=gptq.")
     kwargs: dict[str, Any] = {"scheme": args["scheme"], "method": method}
+    if "smoothquant" in args:
+        kwargs["smoothquant"] = as_float("smoothquant", args["smoothquant"])
+    if "quantizer" in args:
+        kwargs["quantizer"] = str(args["quantizer"]).strip().lower()
+    if "duo_scaling" in args:
+        kwargs["duo_scaling"] = as_bool("duo_scaling", args["duo_scaling"])
     if "ignore" in args:
         kwargs["ignore"] = str(args["ignore"])
     if "group_size" in args:
@@ -547,15 +606,17 @@ def parse_scheme_args(args: dict) -> tuple[SchemeConfig, dict]:
             kwargs[key] = as_int(key, args[key])
     if "damp" in args:
         kwargs["damp"] = as_float("damp", args["damp"])
-    needs = method == "gptq" or schemes.has_static_activations(
+    needs = method in ("gptq", "awq") or "smoothquant" in kwargs or schemes.has_static_activations(
         schemes.resolve_scheme(kwargs["scheme"], kwargs.get("group_size")))
-    if needs:
-        kwargs["calibration"] = _parse_calibration(args, "c4", method, True)
+    if needs:  # AWQ and SmoothQuant: the references' 512-token windows
+        scaling = method == "awq" or "smoothquant" in kwargs
+        kwargs["calibration"] = _parse_calibration(args, "c4", method, True, default_seqlen=512 if scaling else 2048)
     else:
         _parse_calibration(args, "c4", f"{method} with scheme={str(args['scheme']).upper()}", False)
     kwargs.update(_parse_coverage_args(args, method, needs))
     config = SchemeConfig(**kwargs)
-    consumed = {"scheme", "method", "ignore", "group_size", "blocksize", "damp", *_CALIB_KEYS, *_COVERAGE_KEYS}
+    consumed = {"scheme", "method", "ignore", "group_size", "blocksize", "damp", "smoothquant", "quantizer", "duo_scaling",
+                *_CALIB_KEYS, *_COVERAGE_KEYS}
     return config, {k: v for k, v in args.items() if k not in consumed}
 
 

@@ -19,6 +19,12 @@ class CompressionReport:
     # one record per >= 2-D parameter the decoder blocks hold, measured from its values after compression:
     # {"name", "block", "role": compressed | router | bias | unused | uncovered, "numel", "zeros", "dtype_bits"}
     weights: list[dict] = field(default_factory=list)
+    # one record per decoder block a transform changed (AWQ, SmoothQuant: :mod:`.transforms`)
+    transforms: list[dict] = field(default_factory=list)
+
+    def transformed_params(self) -> list[str]:
+        """Parameters a transform changed besides the compressed matrices (norm weights and biases)."""
+        return [p for record in self.transforms for p in record.get("params", [])]
 
     def _weights_or_layers(self) -> list:
         """Block weights (the truth); reports without them (older caches) fall back to the compressed matrices."""
@@ -119,7 +125,16 @@ class CompressionReport:
         tokens = self.expert_tokens()
         if tokens is not None:
             out["expert_tokens"] = tokens
+        if self.transforms:
+            out["transforms"] = self.transforms_summary()
         return out
+
+    def transforms_summary(self) -> dict:
+        """AWQ / SmoothQuant: how many blocks, which mappings were scaled, what was skipped and why (deduplicated)."""
+        scaled = sorted({f"{s['prev']} -> {', '.join(s['linears'])}" for r in self.transforms for s in r["scaled"]})
+        skipped = sorted({f"{names}: {why}" for r in self.transforms for names, why in r["skipped"]})
+        return {"method": self.transforms[0]["method"], "blocks": len(self.transforms), "scaled": scaled,
+                "skipped": skipped, "params": len(self.transformed_params())}
 
     def quant_params(self) -> dict[str, torch.Tensor]:
         """``"<linear name>.scales"``, ``".zeros"``, ``".g_idx"`` for export (scales/zeros ``[n_groups, out]``)."""

@@ -169,7 +169,8 @@ class SchemeGPTQ(SchemeRTN):
         self.hessian = None  # a sibling Linear may share the accumulator: drop the reference only
 
 
-SCHEME_METHODS: dict[str, type] = {"rtn": SchemeRTN, "gptq": SchemeGPTQ}
+# awq: the AWQ block transform (kick_models.compress.transforms) first, then the scheme's round to nearest
+SCHEME_METHODS: dict[str, type] = {"rtn": SchemeRTN, "gptq": SchemeGPTQ, "awq": SchemeRTN}
 
 
 def make_compressor_factory(config):

@@ -280,6 +280,16 @@ def _run_layer(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_
     return hidden
 
 
+def _check_block0(layer: nn.Module, inps: Sequence[torch.Tensor], calls: Sequence[_Call], contract: LayerContract,
+                  prefix: str) -> None:
+    """Block 0, still dense, replayed on its captured inputs must give the model's own block-0 outputs (used where
+    no statistics pass does that check on the way); then the kept outputs are freed."""
+    with torch.no_grad():
+        for b, (x, (rest, kwargs)) in enumerate(zip(inps, calls)):
+            check_replayed(layer(x, *rest, **kwargs), contract.outputs0[b], b, prefix)
+    contract.outputs0 = []
+
+
 def check_replayed(got: Any, own: Any, batch: int, prefix: str) -> None:
     """The dense block's output on the captured inputs of ``batch`` must equal the model's own output of that block
     (every element of the output tuple); otherwise :class:`UnsupportedModelError` naming the block."""
@@ -450,8 +460,15 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                     tokens: torch.Tensor | None = None, device: torch.device | None = None, batch_size: int | None = None,
                     true_sequential: bool = False, progress: bool = True, desc: str = "compress",
                     share_inputs: bool = True, moe_calibration: str = "all",
-                    block_weights: list[dict] | None = None) -> list[LayerStats]:
+                    block_weights: list[dict] | None = None, block_transform: Callable[..., Any] | None = None,
+                    transforms: list | None = None) -> list[LayerStats]:
     """Compress every target of every decoder block, layer by layer; return one LayerStats per target.
+
+    ``block_transform(layer, inps, calls, prefix, target_names) -> (dense_outputs, record)``: run on each block
+    before its targets are compressed (AWQ, SmoothQuant: :mod:`.transforms`); it sees the block's calibration
+    inputs and returns the DENSE block's outputs, which become the next block's inputs (the block is not re-run
+    after compression, as the references calibrate every block on the dense model). ``transforms`` receives the
+    records. The per-target compressors then only collect statistics if they need any.
 
     ``share_inputs``: targets fed the same input tensor share one statistic accumulation (see ``_collect``).
     ``moe_calibration``: ``all`` | ``routed``, which tokens MoE experts' statistics see (:mod:`.moe`).
@@ -502,6 +519,20 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
             block.enter_context(placement.onloaded(layer, layer_device, root=model, prefix=prefix))
             linears = linear_modules(layer)
             unused: set[str] = set()  # parameters of targets no calibration input reached
+            dense_outputs = None
+            if block_transform is not None:
+                if contract.carried:
+                    raise UnsupportedModelError(
+                        f"{prefix}: this model hands elements of each layer's output tuple to the next layer "
+                        f"(arguments {sorted(map(str, contract.carried))}); the block transforms (AWQ, SmoothQuant) "
+                        "calibrate every block on the dense block's hidden states only and cannot carry them. "
+                        "Use method=rtn or method=gptq for this model.")
+                if contract.outputs0:  # block 0: the replay must reproduce the model's own outputs first
+                    _check_block0(layer, inps, calls[index], contract, prefix)
+                names = [n for n, t in layer_targets(layer).items() if isinstance(t.module, nn.Linear)]
+                dense_outputs, record = block_transform(layer, inps, calls[index], prefix, names)
+                if transforms is not None:
+                    transforms.append(record)
             with moe.calibration_view(layer, moe_calibration) as views:
                 targets = block_targets(layer, linears, views)
                 hooked = {name: t.module for name, t in targets.items()}
@@ -518,11 +549,15 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                             if hasattr(comp, "name"):
                                 comp.name = f"{prefix}.{name}"
                         seen: dict[str, int] = {}
+                        statistics = needs_calibration and any(getattr(c, "needs_calibration", True)
+                                                               for c in compressors.values())
                         try:
-                            if needs_calibration:
+                            if statistics:
                                 _collect(layer, compressors, hooked, inps, calls[index], prefix, share, seen,
                                          may_idle, contract.outputs0 or None)
                                 contract.outputs0 = []  # checked (block 0's first pass)
+                            elif contract.outputs0:  # no statistics pass: block 0's replay checked on its own
+                                _check_block0(layer, inps, calls[index], contract, prefix)
                             break
                         except _SharingMismatch as exc:  # inputs shared only sometimes: one accumulation each
                             logger.info("%s; collecting again without sharing", exc)
@@ -539,7 +574,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                             inps, calls = memory.halve_batches(inps, calls + own, index, f"calibrating {prefix}", exc)
                             if own:
                                 contract.outputs0 = [call[0][0] for call in calls.pop()]
-                    if needs_calibration:
+                    if statistics:
                         _fill_idle_statistics({n: c for n, c in compressors.items() if n in may_idle}, seen, prefix)
                         for name in _unused_targets(compressors, seen, may_idle, prefix):
                             compressors.pop(name).free()
@@ -548,7 +583,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                         s = comp.compress()
                         s.name, s.block, s.param = f"{prefix}.{name}", index, f"{prefix}.{targets[name].param}"
                         s.expert, s.in_features = targets[name].expert, targets[name].in_features
-                        if needs_calibration:
+                        if statistics:
                             s.tokens = seen.get(name, 0)
                         stats.append(s)
                         comp.free()
@@ -557,7 +592,11 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                 roles = block_roles(layer, linears)
                 roles.update(dict.fromkeys(unused, "unused"))
                 block_weights.extend(measure_block(layer, roles, prefix, index))
-            while needs_calibration and index + 1 < len(layers):
+            if dense_outputs is not None:  # re-split if the batches were halved after the transform (CUDA OOM)
+                if [x.shape[0] for x in dense_outputs] != [x.shape[0] for x in inps]:
+                    dense_outputs = list(torch.cat(dense_outputs).split([x.shape[0] for x in inps]))
+                inps = dense_outputs
+            while needs_calibration and dense_outputs is None and index + 1 < len(layers):
                 try:
                     inps = _run_layer(layer, inps, calls[index], contract.carried, calls[index + 1])
                     break

@@ -10,7 +10,8 @@
 #   * kick_wikitext_ppl: first N_PPL (8) windows of PPL_SEQLEN (512) tokens;
 #   * calibration (GPTQ, and NVFP4's static activation global scale): NSAMPLES x CALIB_SEQLEN (32 x 512) C4 tokens;
 #   * grid: dense; FP8_DYNAMIC, W8A8, W4A16 GPTQ (group_size=64: SmolLM2's 576 columns are not a multiple of
-#     W4A16's 128), NVFP4A16, NVFP4, MXFP4 (compressed-tensors presets; lm_head kept).
+#     W4A16's 128), NVFP4A16, NVFP4, MXFP4 (compressed-tensors presets; lm_head kept); AWQ W4A16 (group_size=64)
+#     beside GPTQ W4A16, and SmoothQuant W8A8 (alpha 0.85, the reference's LLaMA setting) beside plain W8A8.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 HERE=docs/studies/formats_smollm2
@@ -22,7 +23,7 @@ PPL_SEQLEN=${PPL_SEQLEN:-512}
 MAX_GEN_TOKS=${MAX_GEN_TOKS:-16}
 NSAMPLES=${NSAMPLES:-32}
 CALIB_SEQLEN=${CALIB_SEQLEN:-512}
-SCHEMES=${SCHEMES:-FP8_DYNAMIC,W8A8,W4A16:method=gptq:group_size=64,NVFP4A16,NVFP4,MXFP4}
+SCHEMES=${SCHEMES:-FP8_DYNAMIC,W8A8,W8A8:smoothquant=0.85,W4A16:method=gptq:group_size=64,W4A16:method=awq:group_size=64,NVFP4A16,NVFP4,MXFP4}
 NICE=${NICE:-0}
 TASKS=${TASKS:-kick_factoid_qa,kick_wikitext_ppl}
 
