@@ -2,7 +2,7 @@
 # The lm-eval 0.5 pre-release stack: lm-eval 0.5.0.dev1 (the exact pre-release, ci/lmeval05-constraints.txt)
 # with the newest transformers and datasets, torch 2.13 CPU, in its own venv; then the smoke subset in
 # ci/lmeval05-smoke.txt: every task family (`lm_eval --model kick-pruned --tasks 'kick_*'`, judged tasks through a
-# local recording judge), every model class (kick-pruned, kick-gptq, kick-rtn, kick-bnb), `kick sweep` of two configs
+# local recording judge), every model class (kick-pruned, kick-gptq, kick-rtn, kick-bnb, kick-quant), `kick sweep` of two configs
 # and `kick report`, each run on BOTH this stack and the newest 0.4 stack (.venv from scripts/setup.sh, lm-eval
 # 0.4.13) with equal metric values required (tests/test_stack_parity.py), plus the version / packaging checks.
 # Called by .ci/run after the other stacks (it needs .venv as the reference); usable alone:

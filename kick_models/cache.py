@@ -349,6 +349,10 @@ def _apply_one(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
 _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                        torch.uint8: "U8", torch.bool: "BOOL"}
+# FP8 scales / zero points of the compressed-tensors schemes (kick-quant), unsigned packs; where this torch has them.
+_SAFETENSORS_DTYPES.update({getattr(torch, name): code for name, code in (
+    ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"))
+    if hasattr(torch, name)})
 
 
 def write_safetensors_streaming(path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],

@@ -215,3 +215,29 @@ def test_half_written_entries_are_invisible(tmp_path):
     cache = CompressionCache(tmp_path)
     (tmp_path / "entries" / ".tmp-abc-123").mkdir(parents=True)
     assert cache.read("abc") is None
+
+
+def test_streaming_safetensors_writer_round_trips_every_dtype_it_accepts(tmp_path):
+    """The cache's one-tensor-at-a-time writer (issue 27) stores what the compressors leave behind, FP8 scales of
+    the compressed-tensors schemes included, exactly as safetensors reads them back."""
+    from safetensors.torch import load_file
+
+    from kick_models.cache import _SAFETENSORS_DTYPES, write_safetensors_streaming
+
+    assert {torch.float8_e4m3fn, torch.bfloat16, torch.int8, torch.uint8} <= set(_SAFETENSORS_DTYPES)
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i, dtype in enumerate(_SAFETENSORS_DTYPES):
+        raw = torch.randint(0, 256, (3, 5 + i), dtype=torch.uint8, generator=gen)
+        if dtype == torch.bool:
+            tensors[f"t{i}"] = raw > 127
+        else:
+            size = torch.empty((), dtype=dtype).element_size()
+            tensors[f"t{i}"] = torch.randint(0, 256, (3, 5 + i, size), dtype=torch.uint8, generator=gen).view(dtype)[..., 0]
+    path = tmp_path / "streamed.safetensors"
+    write_safetensors_streaming(path, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}, tensors.__getitem__)
+    back = load_file(str(path))
+    assert sorted(back) == sorted(tensors)
+    for name, value in tensors.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        assert torch.equal(back[name].contiguous().view(torch.uint8), value.contiguous().view(torch.uint8)), name

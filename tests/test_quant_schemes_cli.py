@@ -56,11 +56,12 @@ def test_sweep_plans_one_kick_quant_config_per_scheme(tiny_llama_dir, env):
     assert "scheme=W4A16,group_size=32," in lines[2]
 
 
+@pytest.mark.parametrize("scheme", ["FP8", "NVFP4"])  # NVFP4: FP8 (E4M3) group scales stored in the cache
 def test_cache_hit_gives_the_same_logits_activation_quantization_included(tiny_llama_dir, calib_txt, tmp_path,
-                                                                          one_torch_thread):
+                                                                          one_torch_thread, scheme):
     from kick_models.lm import KickQuantSchemeLM
 
-    args = dict(pretrained=str(tiny_llama_dir), scheme="FP8", calib=str(calib_txt), nsamples=4, seqlen=64,
+    args = dict(pretrained=str(tiny_llama_dir), scheme=scheme, calib=str(calib_txt), nsamples=4, seqlen=64,
                 cache_dir=str(tmp_path / "cache"), device="cpu", batch_size=1)
     tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(1))
     first = KickQuantSchemeLM(**args)

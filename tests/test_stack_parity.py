@@ -7,7 +7,7 @@ data, calibration file and recording judge server (tests/fixtures/judge), and co
 
 * every task family (``--tasks 'kick_*'``: factoid, MCR, ICR closed/open, WikiText-2 perplexity,
   summarization and instruction following judged through the local server, MT-Bench) under ``kick-pruned``;
-* every model class (``kick-gptq``, ``kick-rtn``, ``kick-bnb``) on a generated-answer and a perplexity task;
+* every model class (``kick-gptq``, ``kick-rtn``, ``kick-bnb``, ``kick-quant``) on a generated-answer and a perplexity task;
 * ``kick sweep`` of two configs and ``kick report`` over it.
 
 Task names are compared without lm-eval 0.5's ``<group>::`` qualifier (its only naming difference); the
@@ -164,6 +164,8 @@ def test_every_kick_task_under_kick_pruned_gives_equal_metrics(stacks, tiny_llam
     ("kick-gptq", "wbits=4,groupsize=32,calib={calib},nsamples=4,seqlen=64"),
     ("kick-rtn", "wbits=4,groupsize=32"),
     ("kick-bnb", "method=nf4"),
+    ("kick-quant", "scheme=W8A8"),  # int8 weights, dynamic per-token int8 activations (compressed-tensors)
+    ("kick-quant", "scheme=NVFP4A16"),
 ])
 def test_every_model_class_gives_equal_metrics(stacks, tiny_llama_dir, data_dir, calib, tmp_path, model, args):
     if model == "kick-bnb":
