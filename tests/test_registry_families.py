@@ -57,7 +57,8 @@ def built(family: str) -> nn.Module:
     state = _BUILT[family]
     if isinstance(state, str):
         RESULTS.setdefault(family, {})["built"] = state
-        pytest.skip(f"{family} cannot be built tiny: {state}")
+        # not a skip (those are for missing hardware): a known limit of the test's shrinking, listed in the summary
+        pytest.xfail(f"{family} cannot be built tiny: {state}")
     RESULTS.setdefault(family, {})["built"] = None
     model = shrunk_model(family)
     model.load_state_dict(state)
