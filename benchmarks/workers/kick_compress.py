@@ -28,16 +28,6 @@ def _status_mib(field: str) -> float | None:
     return None
 
 
-def _reset_hwm() -> bool:
-    """Reset the peak-RSS high-water mark (``VmHWM``) so that the compression's own peak can be read (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -58,6 +48,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from kick_models.api import prune, quantize
+    from kick_models.compress.host_memory import reset_hwm
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     if args.layers:
@@ -67,7 +58,7 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokens = torch.load(args.calib)["tokens"]
     rss_load = _rss_mib()
-    hwm_reset = _reset_hwm()
+    hwm_reset = reset_hwm()  # VmHWM reset: the compression's own peak (Linux)
     rss_now = _status_mib("VmRSS")  # current RSS with the model loaded (the load's transient peak is gone)
     kwargs = {"progress": False}
     if args.batch_size:

@@ -52,7 +52,7 @@ def rss_anon() -> int | None:
     return status().get("RssAnon")
 
 
-def _reset_hwm() -> bool:
+def reset_hwm() -> bool:
     """Reset the kernel's VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``); False if not allowed."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -117,7 +117,7 @@ class PhaseMemory:
         """Begin phase ``name`` (a phase still open is ended first)."""
         if self._open is not None:
             self.stop()
-        hwm_reset = _reset_hwm()
+        hwm_reset = reset_hwm()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         if cuda:
             for index in range(torch.cuda.device_count()):
