@@ -85,9 +85,9 @@ class _Sampler(threading.Thread):
     """Keeps the highest RssAnon seen until stopped, or until its owner is garbage collected (a run that failed
     with a phase open leaves no thread behind)."""
 
-    def __init__(self, owner: "PhaseMemory") -> None:
+    def __init__(self, owner: "PhaseMemory", start: int | None) -> None:
         super().__init__(name="kick-host-memory", daemon=True)
-        self.peak = rss_anon() or 0
+        self.peak = start or 0  # the phase's own start reading: its peak is never below its start
         self._done = threading.Event()
         self._owner = weakref.ref(owner)
 
@@ -122,9 +122,10 @@ class PhaseMemory:
         if cuda:
             for index in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(index)
-        sampler = _Sampler(self)
+        start_anon = rss_anon()
+        sampler = _Sampler(self, start_anon)
         sampler.start()
-        self._open = (name, sampler, hwm_reset, time.perf_counter(), rss_anon())
+        self._open = (name, sampler, hwm_reset, time.perf_counter(), start_anon)
 
     def stop(self) -> dict | None:
         """End the open phase and return its record (None when none is open)."""
@@ -134,6 +135,8 @@ class PhaseMemory:
         self._open = None
         peak_anon = sampler.stop()
         now = status()
+        if now.get("RssAnon") is not None:  # the end reading is part of the phase: peak >= end, always
+            peak_anon = max(peak_anon, now["RssAnon"])
         record: dict = {
             "seconds": round(time.perf_counter() - t0, 3),
             "rss_anon_start_mib": _mib(start_anon),
