@@ -342,6 +342,11 @@ def _num(value: Any) -> float | None:
         return None
 
 
+#: lm-eval model classes that load a checkpoint as it is (kick-hf: hf scored by kick's bounded scoring): a run of one
+#: is dense only as a sweep's baseline config or when its checkpoint reads as float weights without zeros.
+UNCOMPRESSED_MODELS = ("hf", "kick-hf")
+
+
 def compression_info(run: Run) -> dict[str, Any]:
     """What was done to the model, from the results ``config`` (the kick model classes' summary,
     found wherever ``get_model_info()`` put it) and ``model_args``.
@@ -375,7 +380,8 @@ def compression_info(run: Run) -> dict[str, Any]:
         kind = "quant"
     elif method and (sparsity or ":" in sparsity_type):
         kind = "prune"
-    elif summary or str(model).startswith("kick-") or sweep_slug(run.folder) == "dense":
+    elif summary or (str(model).startswith("kick-") and model not in UNCOMPRESSED_MODELS) \
+            or sweep_slug(run.folder) == "dense":
         # a kick class at sparsity 0, or the baseline config of a kick sweep (``--model hf``, by construction)
         kind, method = "dense", "dense"
     else:  # a model kick did not compress: label it from what its checkpoint holds (never "dense" by default)

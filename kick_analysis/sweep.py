@@ -195,7 +195,8 @@ def build_configs(ns: argparse.Namespace) -> list[SweepConfig]:
     sparsity = parse_per_method(ns.sparsity, prune, "sparsity")
     nm = parse_per_method(ns.nm, prune, "nm")
     wbits = parse_per_method(ns.wbits, quant, "wbits")
-    configs = [SweepConfig("dense", "dense", "hf")]
+    # with --score_batch_size the baseline is scored by kick's bounded scoring too (kick-hf: hf's numbers, capped batch)
+    configs = [SweepConfig("dense", "dense", "kick-hf" if getattr(ns, "score_batch_size", None) else "hf")]
     for method in prune:
         grid = parse_range(sparsity[method]) if method in sparsity else []
         for s in grid:
@@ -379,6 +380,8 @@ def with_metadata(passthrough: list[str], extra: dict[str, Any]) -> list[str]:
 
 def lm_eval_command(config: SweepConfig, ns: argparse.Namespace, out: Path, passthrough: list[str]) -> list[str]:
     extra = parse_kv(ns.model_args)
+    if getattr(ns, "score_batch_size", None):
+        extra["score_batch_size"] = str(ns.score_batch_size)
     if divergence_on(ns):
         key = "kick_reference_out" if config.method == "dense" else "kick_reference"
         passthrough = with_metadata(passthrough, {key: str(out / REFERENCE_DIR)})
@@ -456,7 +459,7 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
         "name": ns.name or display_name(ns.model),
         "data": data,
         "tasks": ns.task_list,
-        "lm_eval_args": {k: getattr(ns, k) for k in ("limit", "batch_size", "device", "include_path")},
+        "lm_eval_args": {k: getattr(ns, k) for k in ("limit", "batch_size", "score_batch_size", "device", "include_path")},
         "passthrough": passthrough,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "configs": [],
@@ -567,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="kick", help="comma list of lm-eval tasks/groups (default: the kick group)")
     p.add_argument("--limit", help="lm_eval --limit")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", help="lm_eval --batch_size")
+    p.add_argument("--score_batch_size", "--score-batch-size", dest="score_batch_size", type=int,
+                   help="at most N sequences per loglikelihood scoring forward pass (model arg score_batch_size of "
+                        "every config; the dense baseline then runs as kick-hf, hf's numbers): lets generation run "
+                        "at a larger --batch_size than the scoring's full-vocabulary logits fit in memory for")
     p.add_argument("--device", help="lm_eval --device")
     p.add_argument("--include_path", "--include-path", dest="include_path", help="lm_eval --include_path")
     p.add_argument("--force", action="store_true", help="run even if --output holds another model's results")
@@ -596,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError(f"{bad} after -- : the sweep sets --model/--model_args/--tasks/--output_path itself")
         if ns.methods is None:
             ns.methods = "" if ns.schemes else "magnitude,wanda,sparsegpt"
+        if ns.score_batch_size is not None and ns.score_batch_size < 1:
+            raise SweepError(f"--score_batch_size {ns.score_batch_size}: must be a positive integer")
+        if "score_batch_size" in parse_kv(ns.model_args):
+            raise SweepError("--model_args score_batch_size=...: give it as --score_batch_size N (the dense baseline "
+                             "then runs as kick-hf, which takes it; lm-eval's hf does not)")
         ns.task_list = [t.strip() for t in ns.tasks.split(",") if t.strip()]
         if not ns.task_list:
             raise SweepError("--tasks is empty")

@@ -33,6 +33,7 @@ KICK_MODELS = {
     "kick-rtn": "kick_models.lm:KickRTNLM",
     "kick-quant": "kick_models.lm:KickQuantSchemeLM",
     "kick-bnb": "kick_models.lm:KickBitsAndBytesLM",
+    "kick-hf": "kick_models.lm:KickHFLM",
 }
 
 # lm_eval.tasks.manager exists from lm-eval 0.4.12; before, TaskManager lives in lm_eval.tasks.

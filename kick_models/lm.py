@@ -4,6 +4,7 @@
     lm_eval --model kick-gptq   --model_args pretrained=ID,wbits=4,groupsize=128,calib=c4 ...
     lm_eval --model kick-rtn    --model_args pretrained=ID,wbits=4 ...
     lm_eval --model kick-bnb    --model_args pretrained=ID,method=nf4 ...
+    lm_eval --model kick-hf     --model_args pretrained=ID,score_batch_size=4 --batch_size 16 ...
 
 Every ``hf`` model argument works unchanged (``pretrained``, ``dtype``, ``device``,
 ``batch_size``, ``parallelize``, ``gguf_file``, ``revision``, ...). Compression arguments are
@@ -19,6 +20,11 @@ Extra arguments of the compressing classes:
   Hugging Face download cache that ``from_pretrained(cache_dir=...)`` means -- use ``$HF_HOME`` for that);
 * ``save_compressed=DIR``: also write the compressed model as a plain HF checkpoint
   (:mod:`kick_models.export`).
+
+Every kick class (``kick-hf`` too: the uncompressed model) scores loglikelihood requests with
+:mod:`kick_models.scoring` (the same log-likelihoods as ``hf``, one batch of logits held at once) and takes
+``score_batch_size=N``: at most N sequences per scoring forward pass, so that generation can run at a larger
+``--batch_size`` than the scoring's logits fit in memory for.
 
 The compression record (config, measured sparsity overall and per block, bits per weight,
 wall time, cache status and key) is returned by :meth:`get_model_info`, which lm-eval writes
@@ -56,9 +62,11 @@ PRUNE_ARGS = ("method", "sparsity", "sparsity_type", "use_variant", "blocksize",
 QUANT_ARGS = ("method", "wbits", "groupsize", "act_order", "sym", "static_groups", "true_sequential", "damp",
               "blocksize", "calib", "nsamples", "seqlen", "seed", "moe_calibration", "allow_partial")
 BNB_ARGS = ("method", "compute_dtype", "double_quant")
+#: Arguments of kick's loglikelihood scoring, on every kick class (kick_models/scoring.py).
+SCORING_ARGS = ("score_batch_size",)
 SCHEME_ARGS = ("scheme", "method", "ignore", "group_size", "damp", "blocksize", "calib", "nsamples", "seqlen", "seed",
                "moe_calibration", "allow_partial", "smoothquant", "quantizer", "duo_scaling")
-_ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS + SCHEME_ARGS))
+_ALL_KICK_ARGS = sorted(set(COMPUTE_ARGS + PRUNE_ARGS + QUANT_ARGS + BNB_ARGS + SCHEME_ARGS + SCORING_ARGS))
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 #: from_pretrained keyword arguments that look like kick arguments but are not typos.
 _FROM_PRETRAINED_ARGS = {"variant", "device_map", "attn_implementation", "load_in_8bit", "load_in_4bit", "token",
@@ -387,3 +395,12 @@ class KickBitsAndBytesLM(BoundedLoglikelihoodMixin, HFLM):
         info = super().get_model_info()
         info["kick_compression"] = self.compression_info()
         return info
+
+
+class KickHFLM(BoundedLoglikelihoodMixin, HFLM):
+    """``kick-hf``: lm-eval's ``hf`` model, uncompressed, scored by kick's bounded loglikelihood scoring (the same
+    log-likelihoods as ``hf``; ``score_batch_size`` caps the sequences per scoring forward pass). The dense baseline
+    of a ``kick sweep --score_batch_size N`` run. kick does not compress it: a report labels it from what its
+    checkpoint holds, as a plain ``hf`` run."""
+
+    MODEL_NAME = "kick-hf"

@@ -53,12 +53,33 @@ def score_continuation(logits: torch.Tensor, cont_toks: torch.Tensor, dtype: tor
     return float(picked.unsqueeze(0).sum()), all_greedy
 
 
+def parse_score_batch_size(value: int | str | None) -> int | None:
+    """``score_batch_size`` model arg: a positive integer or unset (None / "" / "none")."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        parsed = int(str(value).strip())
+    except ValueError:
+        parsed = 0
+    if parsed < 1:
+        raise ValueError(f"Invalid score_batch_size={value!r}: the sequences per scoring forward pass must be a positive "
+                         "integer (e.g. score_batch_size=4), or leave it out to score at lm-eval's batch size.")
+    return parsed
+
+
 class BoundedLoglikelihoodMixin:
     """Put before ``HFLM`` in a model class's bases: causal LMs are scored by :func:`score_continuation`
     (seq2seq models keep HFLM's path). ``_kick_on_chunk(request, first_position, logprobs)`` may be overridden
     to see every continuation's per-position log-probabilities."""
 
     scoring_chunk_positions: int = CHUNK_POSITIONS
+    #: sequences per forward pass when scoring loglikelihood requests (None: lm-eval's batch size); the model arg
+    #: ``score_batch_size`` sets it, so that generation can run at a larger ``batch_size`` than scoring needs memory for
+    score_batch_size: int | None = None
+
+    def __init__(self, *args, score_batch_size: int | str | None = None, **kwargs) -> None:
+        self.score_batch_size = parse_score_batch_size(score_batch_size)  # before the model loads
+        super().__init__(*args, **kwargs)
 
     def _kick_on_chunk(self, request: tuple, first_position: int, logprobs: torch.Tensor) -> None:
         """Hook: per-position log-probabilities ``[positions, vocab]`` of one request's continuation."""
@@ -76,6 +97,11 @@ class BoundedLoglikelihoodMixin:
         auto = self.batch_size == "auto"
         batch_size = self.batch_size if not auto else override_bs if override_bs is not None else 0
         batch_fn = self._batch_scheduler if auto and len(re_ord) > 0 and not override_bs else None
+        cap = self.score_batch_size
+        if cap is not None:  # score_batch_size: at most `cap` sequences per scoring forward, whatever decided the batch
+            batch_size = min(int(batch_size), cap) if batch_size else cap
+            if batch_fn is not None:
+                batch_fn = (lambda pos, reqs, _detect=batch_fn: min(_detect(pos, reqs), cap))
         if batch_fn is not None:
             self.batch_sizes = {}  # as HFLM: detect the batch size against these requests
         softmax_dtype = getattr(self, "softmax_dtype", None)

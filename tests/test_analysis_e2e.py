@@ -192,6 +192,9 @@ def test_sweep_bad_input_before_running(tiny_llama_dir, tiny_tasks, tmp_path, ca
         "bad N:M": (["--nm", "4:2"], "sparsity_type"),
         "bad wbits": (["--methods", "gptq", "--wbits", "5"], "wbits"),
         "reserved passthrough": (["--sparsity", "0.5", "--", "--tasks", "x"], "sets --model"),
+        "score batch 0": (["--sparsity", "0.5", "--score_batch_size", "0"], "must be a positive integer"),
+        "score batch in model_args": (["--sparsity", "0.5", "--model_args", "score_batch_size=2"],
+                                      "give it as --score_batch_size"),
     }
     for name, (extra, msg) in cases.items():
         argv = base + extra
@@ -215,3 +218,8 @@ def test_sweep_bad_input_before_running(tiny_llama_dir, tiny_tasks, tmp_path, ca
     assert sweep.main(base + ["--sparsity", "0.5", "--dry-run", "--force"]) == 0
     plan = capsys.readouterr().out
     assert "dense:" in plan and "magnitude-s50:" in plan and "--log_samples" in plan
+    # --score_batch_size: every config scores at most N sequences per forward; the baseline runs as kick-hf
+    assert sweep.main(base + ["--sparsity", "0.5", "--dry-run", "--force", "--score_batch_size", "2"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    assert "--model kick-hf" in lines["dense"] and "--model kick-pruned" in lines["magnitude-s50"]
+    assert all("score_batch_size=2" in lines[slug] for slug in ("dense", "magnitude-s50"))

@@ -104,6 +104,12 @@ def test_demo_runs_anywhere_on_the_embedded_data(tiny_llama_dir, tmp_path):
         assert fqa["source"] == str(DEMO / "freebaseqa" / "FreebaseQA-eval.json")
         wiki = results["configs"]["kick_wikitext_ppl"]["metadata"]["kick_data"]["WikiText-2 (raw) test"]
         assert wiki["stand_in"] and "excerpt" in wiki["excerpt"]
+    # generation at batch 16, perplexity 4 windows per forward; the dense baseline through kick's scoring (kick-hf)
+    dense_cfg = json.loads(next((out / "sweep" / "dense").rglob("results_*.json")).read_text())["config"]
+    args = dense_cfg["model_args"]  # a dict from lm-eval 0.4.10, the command-line string before
+    assert dense_cfg["model"] == "kick-hf"
+    assert "score_batch_size=4" in args if isinstance(args, str) else args["score_batch_size"] == 4
+    assert str(dense_cfg["batch_size"]) == "16"
     calib = json.loads(next((out / "sweep" / "wanda-s50").rglob("results_*.json")).read_text())
     record = calib["config"]["kick_compression"]["calibration_data"]
     assert record["source"] == str(DEMO / "c4" / "c4_validation_2k.parquet") and record["records"] == 200

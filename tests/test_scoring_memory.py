@@ -108,3 +108,33 @@ def test_one_batch_of_logits_is_the_peak(request):
     theirs = min(_peak_extra_bytes(lambda: hf._loglikelihood_tokens(batch, disable_tqdm=True)) for _ in range(2))
     bound = 1.3 * LOGITS_BYTES
     assert ours < bound < theirs, (ours / LOGITS_BYTES, theirs / LOGITS_BYTES)
+
+
+def test_score_batch_size_caps_each_scoring_forward_and_keeps_hflms_numbers(big_vocab_dir):
+    """kick-hf (the uncompressed model) at batch_size 8 with score_batch_size=2: every scoring forward holds at
+    most 2 sequences (counted at the model's own forward), and the log-likelihoods are HFLM's at batch size 2."""
+    from lm_eval.models.huggingface import HFLM
+
+    from kick_models.lm import KickHFLM
+
+    kick = KickHFLM(pretrained=str(big_vocab_dir), device="cpu", batch_size=8, score_batch_size=2)
+    assert kick.batch_size == 8  # generation keeps lm-eval's batch size
+    hf = HFLM(pretrained=kick.model, tokenizer=kick.tokenizer, device="cpu", batch_size=2)
+    rows: list[int] = []
+    handle = kick.model.register_forward_pre_hook(lambda mod, args, kwargs: rows.append(
+        (args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True)
+    try:
+        reqs = _requests(seed=1)
+        ours = kick._loglikelihood_tokens(reqs, disable_tqdm=True)
+    finally:
+        handle.remove()
+    assert rows and max(rows) == 2, rows
+    assert ours == hf._loglikelihood_tokens(reqs, disable_tqdm=True)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "two", "1.5"])
+def test_score_batch_size_is_refused_before_the_model_loads(bad):
+    from kick_models.lm import KickHFLM
+
+    with pytest.raises(ValueError, match="score_batch_size"):
+        KickHFLM(pretrained="./no-such-model-folder", device="cpu", score_batch_size=bad)

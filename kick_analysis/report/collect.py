@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from kick_analysis.compare import METRIC_PREFERENCE, aggregate_only, compare_runs, table_metric
 from kick_analysis.report.items import flipped_items
 from kick_analysis.results_io import (Run, compression_info, config_label, data_differences, display_name, load_runs,
-                                      sweep_slug)
+                                      sweep_slug, UNCOMPRESSED_MODELS)
 
 MASK_BITS = 1.0  # presence-mask overhead per weight for pruned models (see the kick_analysis.report docstring)
 DENSE_BITS = 16.0
@@ -144,7 +144,7 @@ def _baseline_rank(e: Entry, d: Entry) -> tuple:
     same_sweep = _sweep_root(e.run.folder) is not None and _sweep_root(e.run.folder) == _sweep_root(d.run.folder)
     common = [t for t in e.run.tasks if t in d.run.tasks]
     same_docs = all(e.run.n_samples.get(t) == d.run.n_samples.get(t) for t in common)
-    return (not same_sweep, not same_docs, -len(common), d.run.model != "hf")
+    return (not same_sweep, not same_docs, -len(common), d.run.model not in UNCOMPRESSED_MODELS)
 
 
 def missing_baseline_note(e: Entry) -> str:
@@ -207,7 +207,7 @@ def collect(dirs: Sequence[str | Path], n_resamples: int = 2000, seed: int = 0,
             for e in group:
                 e.item_notes.append(missing_baseline_note(e))
             continue
-        dense.sort(key=lambda e: (e.run.model != "hf", -len(e.run.samples_files)))
+        dense.sort(key=lambda e: (e.run.model not in UNCOMPRESSED_MODELS, -len(e.run.samples_files)))
         if len(dense) > 1:
             warnings.warn(f"{len(dense)} dense runs of {display_name(base[0])}; each config is scored against the one in the same "
                           "sweep folder, else the one evaluated on the same documents", stacklevel=2)
