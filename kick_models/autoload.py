@@ -24,6 +24,7 @@ Set ``KICK_NO_AUTOLOAD=1`` to turn the hook off.
 
 from __future__ import annotations
 
+import os
 import sys
 
 #: lm-eval model name -> "module:Class" (materialised on first use).
@@ -35,6 +36,10 @@ KICK_MODELS = {
     "kick-bnb": "kick_models.lm:KickBitsAndBytesLM",
     "kick-hf": "kick_models.lm:KickHFLM",
 }
+
+#: ``KICK_TASKS_ONLY=1``: lm-eval's TaskManager indexes kick's task folder (and ``--include_path``) only, not its
+#: ~15,000 built-in task files (``kick sweep`` sets it in its children when kick's folder holds every task asked for)
+TASKS_ONLY_ENV = "KICK_TASKS_ONLY"
 
 # lm_eval.tasks.manager exists from lm-eval 0.4.12; before, TaskManager lives in lm_eval.tasks.
 _WATCHED = ("lm_eval.api.registry", "lm_eval.tasks", "lm_eval.tasks.manager")
@@ -105,7 +110,13 @@ def _patch_task_manager(module) -> None:
     if getattr(original, "_kick_patched", False):
         return
 
+    code = original.__code__
+    only_kick = (os.environ.get(TASKS_ONLY_ENV) == "1"
+                 and "include_defaults" in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+
     def __init__(self, *args, include_path=None, **kwargs):
+        if only_kick:  # set by kick sweep when kick's folder holds every requested task: skip indexing the built-ins
+            kwargs.setdefault("include_defaults", False)
         return original(self, *args, include_path=with_kick_tasks(include_path), **kwargs)
 
     __init__._kick_patched = True  # type: ignore[attr-defined]

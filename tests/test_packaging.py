@@ -80,6 +80,16 @@ def test_task_manager_sees_kick_tasks_without_include_path():
     assert "kick_factoid_qa" in names, names[:20]
 
 
+def test_kick_tasks_only_skips_the_built_in_task_index_and_nothing_else():
+    """KICK_TASKS_ONLY=1 (set by kick sweep in its children when kick's folder holds every task): the TaskManager
+    indexes kick's tasks only; without it, lm-eval's built-ins are there too."""
+    code = ("from lm_eval.tasks import TaskManager\n"
+            "names = set(TaskManager().all_tasks)\n"
+            "print('kick_factoid_qa' in names, 'hellaswag' in names, 'arc_easy' in names)\n")
+    assert _run(code, KICK_TASKS_ONLY="1").stdout.split() == ["True", "False", "False"]
+    assert _run(code).stdout.split() == ["True", "True", "True"]
+
+
 def test_kick_cli_lists_commands():
     out = subprocess.run([sys.executable, "-m", "kick_analysis.cli", "--help"], capture_output=True, text=True, check=True)
     for name in ("eval", "judge", "sweep", "report", "compare", "demo"):
