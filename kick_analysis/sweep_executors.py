@@ -541,20 +541,32 @@ class RayExecutor:
         for job in jobs:
             env = {**forward, **dict(job.env), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             refs[task.remote(dataclasses.replace(job, env=tuple(env.items())))] = job
+        # Ctrl-C / SIGTERM only set a flag while Ray's client calls run: a KeyboardInterrupt raised in the middle of
+        # one can leave its locks held, and the cancels below then wait forever (seen under load). The loop checks
+        # the flag between waits of at most a second and stops the tasks itself.
+        interrupted = threading.Event()
+        handlers = _catch_interrupts(interrupted)
         try:
             pending = list(refs)
             while pending:
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
                 for ref in ready:
                     on_finish(self._outcome(ray, ref, refs[ref]))
                 progress.refresh([refs[r].slug for r in pending], force=bool(ready))
+            if interrupted.is_set():
+                raise KeyboardInterrupt
         except BaseException:
             for ref in refs:
                 ray.cancel(ref, force=True)  # kills the worker; its lm_eval child follows (PDEATHSIG)
             raise
         finally:
-            if self._started_ray:
-                ray.shutdown()
+            try:
+                if self._started_ray:
+                    ray.shutdown()
+            finally:
+                _restore_handlers(handlers)
 
     def _outcome(self, ray, ref, job: ConfigJob) -> Outcome:
         try:
@@ -573,6 +585,18 @@ class RayExecutor:
                        start_time=last.get("start_time", now), end_time=now, host=last.get("host", ""),
                        attempt=len(attempts) or 1,
                        error=f"Ray worker lost after {len(attempts) or 1} attempt(s): {why}")
+
+
+def _catch_interrupts(flag: threading.Event) -> dict:
+    """SIGINT and SIGTERM set ``flag`` instead of raising (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda signum, frame: flag.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _ray_run_config(job: ConfigJob) -> Outcome:  # runs inside a Ray worker
