@@ -135,6 +135,9 @@ class BoundedLoglikelihoodMixin:
                     if req_str is not None:
                         self.cache_hook.add_partial("loglikelihood", req_str, answer)
                     pbar.update(1)
+            # the views into this batch's logits (row, rows, cont_rows) would keep all of it alive through the next
+            # batch's forward pass: two batches of logits at the peak instead of one
+            row = rows = cont_rows = None
             del logits
         pbar.close()
         return re_ord.get_original(res)
