@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "logits = 0.4 GB; the dense baseline runs as kick-hf, hf's numbers)")
     p.add_argument("--max_gen_toks", type=int, default=16, help="answer length cap (paper: 32)")
     p.add_argument("--ppl_seqlen", type=int, default=512, help="perplexity window length (paper: 2048)")
-    p.add_argument("--ppl_windows", type=int, default=40,
-                   help="perplexity windows scored (the task's default: all; 40 x 512 tokens shows the rise)")
+    p.add_argument("--ppl_windows", type=int, default=16,
+                   help="perplexity windows scored (the task's default: all; 16 x 512 tokens show the rise)")
     p.add_argument("--no_chat_template", action="store_true", help="do not pass --apply_chat_template")
     return p
 
