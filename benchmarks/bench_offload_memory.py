@@ -6,7 +6,7 @@ this script, 2.2 GB of safetensors) is loaded by lm-eval exactly as a user would
 the other blocks to disk), and evaluated on ``kick_wikitext_ppl --limit 2``:
 
 * ``--model hf`` (dense, the same placement): the baseline;
-* ``--model kick-pruned`` Wanda 50 % and SparseGPT 50 %, ``--model kick-gptq`` 4 bit / group 128, cache off.
+* ``--model kick-pruned`` Wanda 50 % and SparseGPT 50 %, ``--model kick-gptq`` 4 bit / group 128 (calibrated on C4, as the others), cache off.
 
 Each run is a fresh child process (:mod:`benchmarks.workers.offload_block_times`, lm-eval's own ``cli_evaluate``)
 whose anonymous resident memory (``RssAnon`` of ``/proc/<pid>/status``) this script samples every 50 ms; the
@@ -47,7 +47,7 @@ RUNS = {  # name -> (lm-eval model, extra model args)
     "hf": ("hf", ""),
     "wanda": ("kick-pruned", "method=wanda,sparsity=0.5,cache=false"),
     "sparsegpt": ("kick-pruned", "method=sparsegpt,sparsity=0.5,cache=false"),
-    "gptq": ("kick-gptq", "wbits=4,groupsize=128,cache=false"),
+    "gptq": ("kick-gptq", "wbits=4,groupsize=128,calib=c4,cache=false"),  # c4 as the pruning runs (their default)
 }
 MIB = 2**20
 
