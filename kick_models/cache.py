@@ -267,17 +267,6 @@ def report_from_json(data: dict, quant_params: dict[str, torch.Tensor] | None = 
     return CompressionReport(layers=layers, **kwargs)
 
 
-def report_quant_params(report: Any) -> dict[str, torch.Tensor]:
-    """``"<linear>.<param>" -> tensor`` for every layer that has quantization parameters."""
-    if hasattr(report, "quant_params") and callable(report.quant_params):
-        return dict(report.quant_params())
-    out = {}
-    for layer in report.layers:
-        for k, v in (getattr(layer, "quant_params", None) or {}).items():
-            out[f"{layer.name}.{k}"] = v
-    return out
-
-
 # ----------------------------------------------------------------------------- file helpers
 
 
@@ -386,11 +375,11 @@ def _entry_tensors(model: torch.nn.Module, report: Any) -> tuple[dict, Any]:
     at a time, offloaded ones from their hook's map) and the report's quantization parameters."""
     from kick_models.compress.placement import read_tensor
 
-    quant = {QUANT_PREFIX + k: v for k, v in report_quant_params(report).items()}
+    quant = report.quant_params()  # read one at a time (spilled ones from their file)
     specs = {name: (model.get_parameter(name).dtype, tuple(model.get_parameter(name).shape))
              for name in compressed_parameter_names(report)}
-    specs.update({k: (v.dtype, tuple(v.shape)) for k, v in quant.items()})
-    return specs, lambda name: quant[name] if name in quant else read_tensor(model, name)
+    specs.update(quant.specs(QUANT_PREFIX))
+    return specs, lambda name: quant[name[len(QUANT_PREFIX):]] if name.startswith(QUANT_PREFIX) else read_tensor(model, name)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -471,7 +460,7 @@ class CompressionCache:
         with safe_open(str(self.entry_dir(key) / WEIGHTS_FILE), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 value = f.get_tensor(name)
-                if name.startswith(QUANT_PREFIX):
+                if name.startswith(QUANT_PREFIX):  # memory-mapped from the entry: file pages, not anonymous memory
                     quant[name[len(QUANT_PREFIX):]] = value
                     continue
                 _apply_one(model, name, value)

@@ -153,9 +153,7 @@ def save_compressed(
     extra: dict | None = None,
 ) -> Path:
     """Save ``model`` (already compressed in place) + tokenizer + report as an HF checkpoint at ``path``."""
-    from safetensors.torch import save_file
-
-    from kick_models.cache import report_quant_params
+    from kick_models.cache import write_safetensors_streaming
     from kick_models.compress.placement import save_pretrained_kwargs
 
     target = check_export_target(path)
@@ -165,9 +163,10 @@ def save_compressed(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         record = compression_record(model, report, source=source, extra=extra)
-        qp = {k: v.detach().to("cpu").contiguous() for k, v in report_quant_params(report).items()}
+        qp = report.quant_params()  # streamed one tensor at a time (spilled ones read from their file)
         if qp:
-            save_file(qp, str(tmp / QUANT_PARAMS_FILE), metadata={"format": "kick-gptq", "wbits": str(report.config.get("wbits"))})
+            write_safetensors_streaming(tmp / QUANT_PARAMS_FILE, qp.specs(), qp.__getitem__,
+                                        metadata={"format": "kick-gptq", "wbits": str(report.config.get("wbits"))})
             record["quant_params_file"] = QUANT_PARAMS_FILE
         (tmp / REPORT_FILE).write_text(json.dumps(record, indent=2))
     return target

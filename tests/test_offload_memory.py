@@ -13,7 +13,7 @@ import torch
 from fresh_process import ran_in_fresh_process
 from tiny import make_tiny_model
 
-from kick_models import prune
+from kick_models import prune, quantize
 from kick_models.compress import memory
 
 TOKENS = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(0))
@@ -126,11 +126,30 @@ def _load_disk_offloaded(path, offload_folder):
                                                 offload_folder=str(offload_folder)).eval()
 
 
+#: GPTQ at group size 4: scales and zeros are [in / 4, out] float32 each, 2 / 4 of a block's fp32 weights per block
+#: (6 MiB here). Kept in RAM for every block until the end they grow the memory by half a block per block, above the
+#: tolerance; at group 128 (the default) they are 1 / 64 of a block, below what a per-block slope can tell apart.
+GPTQ_GROUPSIZE = 4
+
+
+def _compress(method: str, model: torch.nn.Module, tokens: torch.Tensor):
+    if method == "gptq":
+        return quantize(model, None, wbits=4, groupsize=GPTQ_GROUPSIZE, calibration=tokens, batch_size=4,
+                        progress=False)
+    return prune(model, None, method=method, sparsity=0.5, calibration=tokens, batch_size=4, progress=False)
+
+
+def _quant_param_bytes(in_features: int, out_features: int) -> int:
+    """scales + zeros (float32, [in / group, out]) + g_idx (int32, [in]) of one GPTQ matrix, from its shape."""
+    return 2 * (in_features // GPTQ_GROUPSIZE) * out_features * 4 + in_features * 4
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "gptq"])
 def test_anonymous_memory_does_not_grow_with_the_blocks(method, wide_llama, tmp_path):
     """Every decoder block on disk; RssAnon read from /proc by a forward pre-hook each time a block runs while it
-    is compressed (after the capture pass): the per-block peaks must not grow with the block index."""
+    is compressed (after the capture pass): the per-block peaks must not grow with the block index. GPTQ's
+    quantization parameters (half a block's weights per block at group size 4) must not stay in RAM either."""
     model = _load_disk_offloaded(wide_llama, tmp_path / "offload")
     layers = model.model.layers
     block_bytes = sum(p.numel() * 4 for p in layers[0].parameters())
@@ -146,11 +165,18 @@ def test_anonymous_memory_does_not_grow_with_the_blocks(method, wide_llama, tmp_
 
     handles = [layer.register_forward_pre_hook(pre_hook(i)) for i, layer in enumerate(layers)]
     tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
-    report = prune(model, None, method=method, sparsity=0.5, calibration=tokens, batch_size=4, progress=False)
+    report = _compress(method, model, tokens)
     for h in handles:
         h.remove()
     assert all(c >= 2 for c in calls[:-1]), calls  # every block really ran while it was compressed
-    assert report.summary()["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+    if method == "gptq":
+        params = report.quant_params()
+        linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(params) == 3 * len(linears) == 3 * 7 * GROWTH_BLOCKS
+        assert sum(params[k].numel() * params[k].element_size() for k in params) == sum(
+            _quant_param_bytes(m.in_features, m.out_features) for m in linears)
+    else:
+        assert report.summary()["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
     slope = _slope(peaks[:-1])  # the last block is not run again (no next block needs its outputs)
     assert slope < GROWTH_TOLERANCE * block_bytes, (
         f"RssAnon grows by {slope / 2**20:.2f} MiB per block (tolerance {GROWTH_TOLERANCE * block_bytes / 2**20:.2f}"
@@ -183,19 +209,22 @@ class _PeakRssAnon:
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-def test_cache_store_restore_and_save_hold_one_module_at_a_time(wide_llama, tmp_path):
+@pytest.mark.parametrize("method", ["wanda", "gptq"])
+def test_cache_store_restore_and_save_hold_one_module_at_a_time(method, wide_llama, tmp_path):
     """Cache store, a cache restore onto a disk-offloaded model and save_compressed of it each need a few weights'
     worth of anonymous memory, not the model's (12 blocks: holding every compressed weight at once, as a single
-    safetensors dict or one 50 GB save_pretrained shard would, is 12 blocks' worth and fails)."""
+    safetensors dict or one 50 GB save_pretrained shard would, is 12 blocks' worth and fails). GPTQ: its
+    quantization parameters, kept on disk during the compression, reach the entry, the export and the restored
+    report bit for bit (their memory here is small either way: files read as memory maps are file pages)."""
     from safetensors.torch import load_file
 
-    from kick_models.cache import CompressionCache
-    from kick_models.export import save_compressed
+    from kick_models.cache import QUANT_PREFIX, CompressionCache
+    from kick_models.export import QUANT_PARAMS_FILE, save_compressed
 
     model = _load_disk_offloaded(wide_llama, tmp_path / "offload-a")
     block_bytes = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
     tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
-    report = prune(model, None, method="wanda", sparsity=0.5, calibration=tokens, batch_size=4, progress=False)
+    report = _compress(method, model, tokens)
     cache = CompressionCache(tmp_path / "cache")
     with _PeakRssAnon() as store:
         cache.store("k" * 64, model, report, {"test": 1})
@@ -203,20 +232,72 @@ def test_cache_store_restore_and_save_hold_one_module_at_a_time(wide_llama, tmp_
 
     fresh = _load_disk_offloaded(wide_llama, tmp_path / "offload-b")
     with _PeakRssAnon() as restore:
-        assert cache.load_into("k" * 64, fresh) is not None
+        restored = cache.load_into("k" * 64, fresh)
     with _PeakRssAnon() as save:
-        save_compressed(fresh, None, report, tmp_path / "saved")
+        save_compressed(fresh, None, restored, tmp_path / "saved")
 
     bound = 3 * block_bytes  # a handful of weights in flight; the whole model is 12 blocks
     for what, peak in (("cache store", store), ("cache restore", restore), ("save_compressed", save)):
         assert peak.growth < bound, f"{what}: RssAnon grew by {peak.growth / 2**20:.1f} MiB (bound {bound / 2**20:.1f})"
     # and what was saved is the compressed model: the cache entry's weights, counted from the files
     entry = load_file(str(cache.entry_dir("k" * 64) / "weights.safetensors"))
+    weights = {k: v for k, v in entry.items() if not k.startswith(QUANT_PREFIX)}
     saved = {k: v for f in sorted((tmp_path / "saved").glob("model*.safetensors")) for k, v in load_file(str(f)).items()}
-    assert len(entry) == GROWTH_BLOCKS * 7
-    for key, value in entry.items():
+    assert len(weights) == GROWTH_BLOCKS * 7
+    for key, value in weights.items():
         assert torch.equal(saved[key], value), key
-        assert (value == 0).float().mean().item() == pytest.approx(0.5, abs=0.01), key
+        if method == "wanda":
+            assert (value == 0).float().mean().item() == pytest.approx(0.5, abs=0.01), key
+    if method == "gptq":  # the quantization parameters, bit for bit, in the entry, the export and both reports
+        exported = load_file(str(tmp_path / "saved" / QUANT_PARAMS_FILE))
+        stored = {k[len(QUANT_PREFIX):]: v for k, v in entry.items() if k.startswith(QUANT_PREFIX)}
+        original, back = report.quant_params(), restored.quant_params()
+        assert len(stored) == 3 * 7 * GROWTH_BLOCKS and set(stored) == set(exported) == set(original) == set(back)
+        for key, value in stored.items():
+            for other in (exported[key], original[key], back[key]):
+                assert other.dtype == value.dtype and torch.equal(other, value), key
+        # and they are the weights' grid: every weight is (q - zero) * scale with q an integer in [0, 15]
+        name = "model.layers.11.mlp.down_proj"
+        g_idx = stored[f"{name}.g_idx"].long()
+        scale, zero = stored[f"{name}.scales"][g_idx].T, stored[f"{name}.zeros"][g_idx].T
+        w = weights[f"{name}.weight"]
+        q = torch.round(w / scale + zero)
+        assert q.min() >= 0 and q.max() <= 15 and torch.allclose((q - zero) * scale, w, atol=1e-5)
+
+
+def test_gptq_of_disk_offloaded_blocks_is_the_in_ram_result_and_outlives_the_model(tmp_path):
+    """The quantization parameters of disk-offloaded blocks wait on disk: the weights and parameters are bit for bit
+    those of the same model quantized in RAM, also read after the offloaded model (and its offload folder) is gone."""
+    import gc
+    import os
+
+    from tiny import make_tiny_model_dir
+    from transformers import AutoModelForCausalLM
+
+    from kick_models.compress.placement import offload_folder, read_tensor
+
+    path = make_tiny_model_dir(tmp_path / "llama", family="llama", hidden=64, intermediate=128, layers=4)
+    tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    in_ram = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = quantize(in_ram, None, wbits=4, groupsize=32, act_order=True, calibration=tokens, progress=False)
+    device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu",
+                  "model.layers.0": "cpu", **{f"model.layers.{i}": "disk" for i in range(1, 4)}}
+    offloaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map=device_map,
+                                                     offload_folder=str(tmp_path / "offload")).eval()
+    report = quantize(offloaded, None, wbits=4, groupsize=32, act_order=True, calibration=tokens, progress=False)
+    for name, value in in_ram.named_parameters():
+        assert torch.equal(read_tensor(offloaded, name), value), name
+    # held in RAM: block 0's parameters (its weights are in RAM too), none of the disk-offloaded blocks'
+    assert {layer.block for layer in report.layers if isinstance(layer.quant_params, dict)} == {0}
+    folder = offload_folder(offloaded)
+    assert folder and os.path.isdir(folder)
+    del offloaded
+    gc.collect()
+    assert not os.path.exists(folder)  # the model's offload files are gone; its parameters are still readable
+    got, want = report.quant_params(), expected.quant_params()
+    assert len(want) == 3 * 7 * 4 and set(got) == set(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")

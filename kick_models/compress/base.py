@@ -22,6 +22,7 @@ shared statistic in place (clone it first) and ``free`` must only drop the refer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -39,8 +40,9 @@ class LayerStats:
     seconds: float = 0.0
     error: float | None = None           # algorithm's own loss (e.g. GPTQ/SparseGPT sum of squared error)
     bits_per_weight: float | None = None  # quantization only: incl. scale/zero overhead
-    # quantization only: tensors needed to produce a packed checkpoint
-    quant_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    # quantization only: tensors needed to produce a packed checkpoint (a read-only mapping reading them from disk
+    # once the matrix was written to kick's disk offload store: :mod:`kick_models.compress.spill`)
+    quant_params: Mapping[str, torch.Tensor] = field(default_factory=dict)
     block: int | None = None             # index of the decoder block holding this Linear
     param: str | None = None             # the model parameter holding this matrix (a fused-experts tensor, a Conv1D
                                          # weight stored [in, out]); None = "<name>.weight"

@@ -209,6 +209,16 @@ def _write_offloaded(root: nn.Module, qualname: str, hook: Any, name: str, value
     return "disk"
 
 
+def disk_store_folder(root: nn.Module, qualified: str) -> str | None:
+    """The folder of kick's offload store when tensor ``qualified`` lives in one of its files, else None."""
+    module, qualname, name = _owner(root, qualified)
+    if not is_offloaded(module):
+        return None
+    store = getattr(_offload_hook(module).weights_map, "_kick_store", None)
+    key = f"{qualname}.{name}" if qualname else name
+    return store.folder if store is not None and key in store.loader.index else None
+
+
 def _owner(root: nn.Module, qualified: str) -> tuple[nn.Module, str, str]:
     """(module, its qualified name, tensor name) of a dotted tensor name."""
     qualname, _, name = qualified.rpartition(".")

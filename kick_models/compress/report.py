@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from kick_models.compress.base import LayerStats
+from kick_models.compress.spill import tensor_spec
 
 
 @dataclass
@@ -136,11 +138,29 @@ class CompressionReport:
         return {"method": self.transforms[0]["method"], "blocks": len(self.transforms), "scaled": scaled,
                 "skipped": skipped, "params": len(self.transformed_params())}
 
-    def quant_params(self) -> dict[str, torch.Tensor]:
-        """``"<linear name>.scales"``, ``".zeros"``, ``".g_idx"`` for export (scales/zeros ``[n_groups, out]``)."""
-        out: dict[str, torch.Tensor] = {}
-        for layer in self.layers:
-            for key, tensor in layer.quant_params.items():
-                out[f"{layer.name}.{key}"] = tensor
-        return out
+    def quant_params(self) -> QuantParams:
+        """``"<linear name>.scales"``, ``".zeros"``, ``".g_idx"`` for export (scales/zeros ``[n_groups, out]``): a
+        mapping over the layers' parameters, each read when accessed (spilled ones from their file, :mod:`.spill`)."""
+        return QuantParams(self.layers)
 
+
+class QuantParams(Mapping):
+    """``"<layer name>.<key>" -> tensor`` over the ``quant_params`` of ``layers``, read on access (never all held
+    at once by the mapping itself); :meth:`specs` gives ``(dtype, shape)`` without reading a spilled tensor."""
+
+    def __init__(self, layers: list[LayerStats]):
+        self._where = {f"{layer.name}.{key}": (layer.quant_params, key) for layer in layers for key in layer.quant_params}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensors, key = self._where[name]
+        return tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def specs(self, prefix: str = "") -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """``{prefix + name: (dtype, shape)}`` of every tensor, none read from a file."""
+        return {prefix + name: tensor_spec(tensors, key) for name, (tensors, key) in self._where.items()}

@@ -39,6 +39,7 @@ from torch import nn
 
 from kick_models.compress import host_memory, memory, placement
 from kick_models.compress import moe
+from kick_models.compress.spill import QuantParamSpill
 from kick_models.compress.compare import outputs_close
 from kick_models.compress.base import LayerCompressor, LayerStats
 from kick_models.compress.config import UnsupportedModelError
@@ -507,11 +508,13 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
     from tqdm.auto import tqdm
 
     bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
+    spill = QuantParamSpill(model)  # quantization parameters of blocks written to disk wait on disk (issue 27)
     block = contextlib.ExitStack()  # the current block held on its compute device (:func:`placement.onloaded`)
     try:
         for index, layer in bar:
             start = time.perf_counter()
             prefix = f"{layers_path}.{index}"
+            first_stats = len(stats)
             # Each block is compressed where it runs (its GPU; its hooks' device when offloaded) unless a device is set.
             layer_device = fixed_device or placement.execution_device(layer) or device
             if needs_calibration and layer_device != device:
@@ -607,6 +610,7 @@ def compress_layers(model: nn.Module, make_compressor: Callable[[nn.Linear], Lay
                 calls[index] = []  # free this layer's masks/embeddings
             del calls_done
             block.close()  # offloaded weights written back where they live, moved tensors back home
+            spill.block_done(prefix, stats[first_stats:])
             if layer_device.type == "cuda":
                 torch.cuda.empty_cache()
             host_memory.release_freed()  # the block's freed tensors back to the system, not kept by malloc (issue 27)
