@@ -38,7 +38,7 @@ nice -n "$NICE" kick sweep \
   --model "$MODEL_DIR" --name SmolLM2-135M-Instruct \
   --output "$OUT" --cache-dir "$CACHE" --schemes "$SCHEMES" \
   --calib c4 --nsamples "$NSAMPLES" --seqlen "$CALIB_SEQLEN" --seed 0 \
-  --tasks "$TASKS" --batch_size 16 --device cpu \
+  --tasks "$TASKS" --batch_size 16 --score_batch_size 4 --device cpu \
   -- --samples "$SAMPLES" --apply_chat_template --gen_kwargs "max_gen_toks=$MAX_GEN_TOKS" \
      --metadata "{\"ppl_seqlen\": $PPL_SEQLEN}" || status=$?
 echo "sweep wall time: $(( $(date +%s) - start )) s"
