@@ -196,7 +196,7 @@ def build_configs(ns: argparse.Namespace) -> list[SweepConfig]:
     nm = parse_per_method(ns.nm, prune, "nm")
     wbits = parse_per_method(ns.wbits, quant, "wbits")
     # with --score_batch_size the baseline is scored by kick's bounded scoring too (kick-hf: hf's numbers, capped batch)
-    configs = [SweepConfig("dense", "dense", "kick-hf" if getattr(ns, "score_batch_size", None) else "hf")]
+    configs = [SweepConfig("dense", "dense", "kick-hf" if ns.score_batch_size else "hf")]
     for method in prune:
         grid = parse_range(sparsity[method]) if method in sparsity else []
         for s in grid:
@@ -385,7 +385,7 @@ def with_metadata(passthrough: list[str], extra: dict[str, Any]) -> list[str]:
 
 def lm_eval_command(config: SweepConfig, ns: argparse.Namespace, out: Path, passthrough: list[str]) -> list[str]:
     extra = parse_kv(ns.model_args)
-    if getattr(ns, "score_batch_size", None):
+    if ns.score_batch_size:
         extra["score_batch_size"] = str(ns.score_batch_size)
     if divergence_on(ns):
         key = "kick_reference_out" if config.method == "dense" else "kick_reference"
@@ -497,7 +497,9 @@ def run_sweep(ns: argparse.Namespace, passthrough: list[str]) -> int:
     failures: list[str] = []
     cache = cache_dir(ns, out)
     token = write_token(out, cache)
-    child_env = (("KICK_TASKS_ONLY", "1"),) if kick_tasks_only else ()
+    from kick_models.autoload import TASKS_ONLY_ENV
+
+    child_env = ((TASKS_ONLY_ENV, "1"),) if kick_tasks_only else ()
     jobs = [ConfigJob(c.slug, tuple(cmd), str(out), token, str(cache) if cache else None, env=child_env,
                       verbose=ns.verbose) for c, cmd in todo]
     progress = Progress(out, token, total=len(plan), done_before=done_before)
@@ -609,8 +611,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError(f"{bad} after -- : the sweep sets --model/--model_args/--tasks/--output_path itself")
         if ns.methods is None:
             ns.methods = "" if ns.schemes else "magnitude,wanda,sparsegpt"
-        if ns.score_batch_size is not None and ns.score_batch_size < 1:
-            raise SweepError(f"--score_batch_size {ns.score_batch_size}: must be a positive integer")
+        from kick_models.scoring import parse_score_batch_size
+
+        try:  # the model classes' own parser: the same values are accepted or refused here, before anything runs
+            ns.score_batch_size = parse_score_batch_size(ns.score_batch_size)
+        except ValueError as exc:
+            raise SweepError(f"--score_batch_size: {exc}") from None
         if "score_batch_size" in parse_kv(ns.model_args):
             raise SweepError("--model_args score_batch_size=...: give it as --score_batch_size N (the dense baseline "
                              "then runs as kick-hf, which takes it; lm-eval's hf does not)")
