@@ -143,3 +143,23 @@ def test_compare_external_checkpoint_shows_divergence(external_runs, capsys):
     assert cmp.main([str(runs["dense"]), str(runs["w4a16"]), "--resamples", "50"]) == 0
     text = capsys.readouterr().out
     assert "kld_mean" in text and "same_top" in text and "flips" in text
+
+
+def test_a_kick_hf_run_is_labelled_from_its_checkpoint_not_dense(external_runs, tmp_path):
+    """kick-hf (lm-eval's hf through kick's scoring) compresses nothing: outside a sweep's baseline config its run is
+    labelled from what its checkpoint holds, exactly as a plain hf run (here the magnitude-50% checkpoint)."""
+    import shutil
+
+    from kick_analysis.results_io import compression_info, load_runs
+
+    _, runs = external_runs
+    copy = tmp_path / "kick_hf_run"
+    shutil.copytree(runs["pruned"], copy)
+    for path in copy.rglob("results_*.json"):
+        results = json.loads(path.read_text())
+        results["config"]["model"] = "kick-hf"
+        path.write_text(json.dumps(results))
+    (run,) = load_runs([copy])
+    assert run.model == "kick-hf"
+    info = compression_info(run)
+    assert info["kind"] == "prune" and info["sparsity"] == pytest.approx(0.5, abs=0.01), info
